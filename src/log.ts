@@ -1,0 +1,45 @@
+// Process-wide logger: levelled lines on stderr (or syslog through logger(1)'s socket
+// when asked), one line per event, prefixed with the component. Kept tiny and
+// allocation-light because the device loop logs rejected guest requests from the hot path.
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace';
+
+const ORDER: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3, trace: 4 };
+
+export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug', 'trace'];
+
+let threshold = ORDER.info;
+let sink: (line: string) => void = (line) => process.stderr.write(line + '\n');
+
+export function setLogLevel(level: LogLevel): void {
+  threshold = ORDER[level];
+}
+
+export function setLogSink(fn: (line: string) => void): void {
+  sink = fn;
+}
+
+export function logEnabled(level: LogLevel): boolean {
+  return ORDER[level] <= threshold;
+}
+
+export interface Logger {
+  error(msg: string): void;
+  warn(msg: string): void;
+  info(msg: string): void;
+  debug(msg: string): void;
+  trace(msg: string): void;
+}
+
+export function logger(component: string): Logger {
+  const emit = (level: LogLevel, msg: string): void => {
+    if (ORDER[level] > threshold) return;
+    sink(`[${new Date().toISOString()}] ${level.toUpperCase()} ${component}: ${msg}`);
+  };
+  return {
+    error: (m) => emit('error', m),
+    warn: (m) => emit('warn', m),
+    info: (m) => emit('info', m),
+    debug: (m) => emit('debug', m),
+    trace: (m) => emit('trace', m),
+  };
+}
