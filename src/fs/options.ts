@@ -1,0 +1,31 @@
+// File-system behaviour options, with virtiofsd's names and meanings. The daemon's
+// option parser fills this; the passthrough core reads it.
+export type CachePolicy = 'never' | 'metadata' | 'auto' | 'always';
+
+export interface FsOptions {
+  /** --cache: how long the client may cache attributes, entries and data. */
+  cache: CachePolicy;
+  /** --writeback: let the client cache writes (FUSE_WRITEBACK_CACHE). */
+  writeback: boolean;
+  /** --xattr: serve extended attributes (otherwise ENOSYS/EOPNOTSUPP as virtiofsd). */
+  xattr: boolean;
+  /** --readonly: every modifying request gets EROFS. */
+  readonly: boolean;
+  /** --announce-submounts: mark submount roots with FUSE_ATTR_SUBMOUNT. */
+  announceSubmounts: boolean;
+  /** --no-readdirplus: do not offer READDIRPLUS. */
+  readdirplus: boolean;
+  /** --allow-direct-io: honour the client's O_DIRECT instead of stripping it. */
+  allowDirectIo: boolean;
+  /** --killpriv-v2 / --posix-acl are not offered yet. */
+}
+
+export const DEFAULT_FS_OPTIONS: FsOptions = {
+  cache: 'auto',
+  writeback: false,
+  xattr: false,
+  readonly: false,
+  announceSubmounts: false,
+  readdirplus: true,
+  allowDirectIo: false,
+};
