@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One-time set-up of a fresh Debian machine (as root): the Debian packages the daemon,
+# the tests and the QEMU demo need (only those missing), then npm packages and the build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+for pkg in util-linux qemu-system-x86 linux-image-amd64 busybox-static cpio attr strace fuse3 python3; do
+  have "$pkg" || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+  npm ci --no-audit --no-fund
+fi
+npm run build

@@ -1,0 +1,209 @@
+// The daemon's command line: virtiofsd's option names and meanings, so the daemon (and
+// vfs-launch, which validates with this same parser before spawning anything) can stand
+// in for virtiofsd under libvirt and scripts written for it. Every rejection is a
+// UsageError whose message names the option and how to fix it.
+import type { CachePolicy, FsOptions } from '../fs/options.js';
+import { DEFAULT_FS_OPTIONS } from '../fs/options.js';
+import type { LogLevel } from '../log.js';
+import { LOG_LEVELS } from '../log.js';
+
+export type SandboxMode = 'namespace' | 'chroot' | 'none';
+export type SeccompMode = 'kill' | 'log' | 'trap' | 'none';
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+export interface DaemonConfig {
+  sharedDir: string;
+  socketPath?: string;
+  socketGroup?: string;
+  /** An already-listening vhost-user socket inherited from the caller (libvirt). */
+  listenFd?: number;
+  /** A /dev/fuse fd mounted by the launcher in the host namespace. */
+  fuseFd?: number;
+  /** Mount a local FUSE file system here (the daemon mounts it itself; --sandbox none). */
+  mountpoint?: string;
+  tag?: string;
+  fs: FsOptions;
+  sandbox: SandboxMode;
+  seccomp: SeccompMode;
+  /** Extra policy files replacing the project's policies/*.json. */
+  seccompPolicies: string[];
+  logLevel: LogLevel | 'off';
+  syslog: boolean;
+  rlimitNofile?: number;
+  modcaps?: string;
+  uidMap?: string;
+  gidMap?: string;
+  threadPoolSize?: number;
+  printCapabilities: boolean;
+  /** Test-only: make one forbidden syscall after the sandbox is in place. */
+  testForbiddenSyscall: boolean;
+}
+
+type Kind = 'flag' | 'string' | 'int';
+
+interface OptionSpec {
+  kind: Kind;
+  help: string;
+  values?: readonly string[];
+  apply(cfg: DaemonConfig, value: string): void;
+}
+
+function enumOf<T extends string>(values: readonly T[], v: string): T {
+  return values.find((x) => x === v) as T;
+}
+
+const CACHE: readonly CachePolicy[] = ['never', 'metadata', 'auto', 'always'];
+const SANDBOX: readonly SandboxMode[] = ['namespace', 'chroot', 'none'];
+const SECCOMP: readonly SeccompMode[] = ['kill', 'log', 'trap', 'none'];
+const LEVELS: readonly (LogLevel | 'off')[] = [...LOG_LEVELS, 'off'];
+
+const on = (set: (c: DaemonConfig) => void) => (c: DaemonConfig) => set(c);
+
+/** Long options, virtiofsd spelling (underscores are accepted as dashes). */
+const OPTIONS: Record<string, OptionSpec> = {
+  'shared-dir': { kind: 'string', help: 'directory to share', apply: (c, v) => { c.sharedDir = v; } },
+  'socket-path': { kind: 'string', help: 'vhost-user socket to listen on', apply: (c, v) => { c.socketPath = v; } },
+  socket: { kind: 'string', help: 'alias of --socket-path', apply: (c, v) => { c.socketPath = v; } },
+  'socket-group': { kind: 'string', help: 'group owning the socket', apply: (c, v) => { c.socketGroup = v; } },
+  fd: { kind: 'int', help: 'inherited listening socket fd', apply: (c, v) => { c.listenFd = Number(v); } },
+  'fuse-fd': { kind: 'int', help: 'inherited /dev/fuse fd', apply: (c, v) => { c.fuseFd = Number(v); } },
+  mountpoint: { kind: 'string', help: 'serve a local FUSE mount here', apply: (c, v) => { c.mountpoint = v; } },
+  tag: { kind: 'string', help: 'virtio-fs tag (offers the CONFIG protocol feature)', apply: (c, v) => { c.tag = v; } },
+  cache: { kind: 'string', values: CACHE, help: 'never|metadata|auto|always', apply: (c, v) => { c.fs.cache = enumOf(CACHE, v); } },
+  writeback: { kind: 'flag', help: 'enable writeback cache', apply: on((c) => { c.fs.writeback = true; }) },
+  xattr: { kind: 'flag', help: 'serve extended attributes', apply: on((c) => { c.fs.xattr = true; }) },
+  readonly: { kind: 'flag', help: 'refuse every modification (EROFS)', apply: on((c) => { c.fs.readonly = true; }) },
+  'announce-submounts': { kind: 'flag', help: 'announce submounts to the guest', apply: on((c) => { c.fs.announceSubmounts = true; }) },
+  'no-readdirplus': { kind: 'flag', help: 'do not offer READDIRPLUS', apply: on((c) => { c.fs.readdirplus = false; }) },
+  'allow-direct-io': { kind: 'flag', help: "honour the guest's O_DIRECT", apply: on((c) => { c.fs.allowDirectIo = true; }) },
+  sandbox: { kind: 'string', values: SANDBOX, help: 'namespace|chroot|none', apply: (c, v) => { c.sandbox = enumOf(SANDBOX, v); } },
+  seccomp: { kind: 'string', values: SECCOMP, help: 'kill|log|trap|none', apply: (c, v) => { c.seccomp = enumOf(SECCOMP, v); } },
+  'seccomp-policy': { kind: 'string', help: 'policy file (repeatable)', apply: (c, v) => { c.seccompPolicies.push(v); } },
+  'log-level': { kind: 'string', values: LEVELS, help: 'error|warn|info|debug|trace|off', apply: (c, v) => { c.logLevel = enumOf(LEVELS, v); } },
+  syslog: { kind: 'flag', help: 'log to syslog', apply: on((c) => { c.syslog = true; }) },
+  'rlimit-nofile': { kind: 'int', help: 'RLIMIT_NOFILE to set', apply: (c, v) => { c.rlimitNofile = Number(v); } },
+  modcaps: { kind: 'string', help: 'capability changes, e.g. +sys_admin:-mknod', apply: (c, v) => { c.modcaps = v; } },
+  'uid-map': { kind: 'string', help: ':inner:outer:count:', apply: (c, v) => { c.uidMap = v; } },
+  'gid-map': { kind: 'string', help: ':inner:outer:count:', apply: (c, v) => { c.gidMap = v; } },
+  'thread-pool-size': { kind: 'int', help: 'accepted for compatibility; requests are served on one thread', apply: (c, v) => { c.threadPoolSize = Number(v); } },
+  'print-capabilities': { kind: 'flag', help: 'print the vhost-user.json capabilities and exit', apply: on((c) => { c.printCapabilities = true; }) },
+  'test-forbidden-syscall': { kind: 'flag', help: 'test hook: make a syscall the policy forbids', apply: on((c) => { c.testForbiddenSyscall = true; }) },
+};
+
+/** Legacy `-o key[=value],...` (virtiofsd's C-era syntax that libvirt may still pass). */
+function applyLegacy(cfg: DaemonConfig, list: string, seen: Map<string, string>, set: (name: string, v: string) => void): void {
+  for (const item of list.split(',')) {
+    if (item === '') continue;
+    const eq = item.indexOf('=');
+    const key = eq < 0 ? item : item.slice(0, eq);
+    const val = eq < 0 ? '' : item.slice(eq + 1);
+    switch (key) {
+      case 'source': set('shared-dir', val); break;
+      case 'cache': set('cache', val); break;
+      case 'sandbox': set('sandbox', val); break;
+      case 'xattr': set('xattr', ''); break;
+      case 'no_xattr': seen.set('xattr', 'off'); cfg.fs.xattr = false; break;
+      case 'writeback': set('writeback', ''); break;
+      case 'no_writeback': cfg.fs.writeback = false; break;
+      case 'announce_submounts': set('announce-submounts', ''); break;
+      case 'readdirplus': cfg.fs.readdirplus = true; break;
+      case 'no_readdirplus': set('no-readdirplus', ''); break;
+      case 'log_level': set('log-level', val); break;
+      default:
+        throw new UsageError(`-o ${key}: unknown option; known: source=, cache=, sandbox=, xattr, no_xattr, writeback, announce_submounts, no_readdirplus, log_level=`);
+    }
+  }
+}
+
+export function defaultDaemonConfig(): DaemonConfig {
+  return {
+    sharedDir: '',
+    fs: { ...DEFAULT_FS_OPTIONS },
+    sandbox: 'namespace',
+    seccomp: 'kill',
+    seccompPolicies: [],
+    logLevel: 'info',
+    syslog: false,
+    printCapabilities: false,
+    testForbiddenSyscall: false,
+  };
+}
+
+/** Parse and validate daemon arguments. Throws UsageError naming the option and the fix. */
+export function parseDaemonArgs(argv: readonly string[]): DaemonConfig {
+  const cfg = defaultDaemonConfig();
+  const seen = new Map<string, string>();
+
+  const set = (rawName: string, value: string): void => {
+    const name = rawName.replace(/_/g, '-');
+    const spec = OPTIONS[name];
+    if (spec === undefined) throw new UsageError(`--${rawName}: unknown option; run with --help for the list`);
+    if (spec.kind === 'int' && !/^\d+$/.test(value)) {
+      throw new UsageError(`--${name}: expects a non-negative integer, got '${value}'`);
+    }
+    if (spec.values !== undefined && !spec.values.includes(value)) {
+      throw new UsageError(`--${name}: '${value}' is not one of ${spec.values.join('|')}`);
+    }
+    const prev = seen.get(name);
+    if (prev !== undefined && prev !== value && name !== 'seccomp-policy') {
+      throw new UsageError(`--${name}: given twice with different values ('${prev}' and '${value}'); keep one`);
+    }
+    seen.set(name, value);
+    spec.apply(cfg, value);
+  };
+
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '-o') {
+      const list = argv[++i];
+      if (list === undefined) throw new UsageError('-o: expects key=value[,key=value...]');
+      applyLegacy(cfg, list, seen, set);
+      continue;
+    }
+    if (arg.startsWith('-o') && arg.length > 2 && !arg.startsWith('--')) {
+      applyLegacy(cfg, arg.slice(2), seen, set);
+      continue;
+    }
+    if (arg === '-f' || arg === '--foreground') continue; // virtiofsd always runs in the foreground
+    if (arg === '-d') { set('log-level', 'debug'); continue; }
+    if (!arg.startsWith('--')) throw new UsageError(`'${arg}': unexpected argument; daemon options start with --`);
+    const eq = arg.indexOf('=');
+    const rawName = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
+    const spec = OPTIONS[rawName.replace(/_/g, '-')];
+    if (spec === undefined) throw new UsageError(`--${rawName}: unknown option; run with --help for the list`);
+    if (spec.kind === 'flag') {
+      if (eq >= 0) throw new UsageError(`--${rawName}: takes no value`);
+      set(rawName, '');
+      continue;
+    }
+    let value: string | undefined = eq < 0 ? argv[++i] : arg.slice(eq + 1);
+    if (value === undefined || (eq < 0 && value.startsWith('--'))) {
+      throw new UsageError(`--${rawName}: expects a value (${spec.help})`);
+    }
+    value = value.trim();
+    set(rawName, value);
+  }
+
+  if (cfg.printCapabilities) return cfg;
+  if (cfg.sharedDir === '') throw new UsageError('--shared-dir: required; give the directory to share');
+  const transports = [cfg.socketPath, cfg.listenFd, cfg.fuseFd, cfg.mountpoint].filter((x) => x !== undefined).length;
+  if (transports === 0) throw new UsageError('--socket-path: required; give the vhost-user socket path (or --fd N, or --mountpoint DIR)');
+  if (transports > 1) throw new UsageError('--socket-path, --fd, --fuse-fd and --mountpoint are alternatives; give only one');
+  if (cfg.mountpoint !== undefined && cfg.sandbox !== 'none') {
+    throw new UsageError('--mountpoint: the daemon can mount itself only with --sandbox none; use vfs-launch --mountpoint to mount from outside the sandbox');
+  }
+  return cfg;
+}
+
+export function daemonHelp(): string {
+  const lines = Object.entries(OPTIONS)
+    .filter(([name]) => name !== 'test-forbidden-syscall')
+    .map(([name, s]) => `  --${name}${s.kind === 'flag' ? '' : ' VALUE'}`.padEnd(34) + s.help);
+  return `Usage: vfs-daemon --shared-dir DIR (--socket-path PATH | --fd N | --mountpoint DIR) [options]\n${lines.join('\n')}\n`;
+}
