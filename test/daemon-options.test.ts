@@ -1,0 +1,66 @@
+// The daemon's option parser: virtiofsd spellings accepted, every bad input refused
+// with a message that names the option.
+import test from 'ava';
+import { parseDaemonArgs, UsageError } from '../src/daemon/options.js';
+
+test('virtiofsd-style options parse into the config', (t) => {
+  const cfg = parseDaemonArgs([
+    '--shared-dir', '/srv', '--socket-path=/run/v.sock', '--cache', 'always', '--xattr',
+    '--readonly', '--announce-submounts', '--no-readdirplus', '--sandbox', 'chroot', '--seccomp=log',
+    '--thread-pool-size', '0', '--tag', 'myfs', '--log-level', 'debug',
+  ]);
+  t.is(cfg.sharedDir, '/srv');
+  t.is(cfg.socketPath, '/run/v.sock');
+  t.is(cfg.fs.cache, 'always');
+  t.true(cfg.fs.xattr);
+  t.true(cfg.fs.readonly);
+  t.true(cfg.fs.announceSubmounts);
+  t.false(cfg.fs.readdirplus);
+  t.is(cfg.sandbox, 'chroot');
+  t.is(cfg.seccomp, 'log');
+  t.is(cfg.tag, 'myfs');
+  t.is(cfg.logLevel, 'debug');
+});
+
+test('libvirt forms: --fd=N and -o source=,cache=,sandbox=,xattr', (t) => {
+  const cfg = parseDaemonArgs(['--fd=3', '-o', 'source=/srv,cache=never,sandbox=none,xattr', '--thread-pool-size=16']);
+  t.is(cfg.listenFd, 3);
+  t.is(cfg.sharedDir, '/srv');
+  t.is(cfg.fs.cache, 'never');
+  t.is(cfg.sandbox, 'none');
+  t.true(cfg.fs.xattr);
+  t.is(cfg.threadPoolSize, 16);
+});
+
+test('--socket is an alias of --socket-path and underscores are accepted', (t) => {
+  const cfg = parseDaemonArgs(['--shared_dir=/srv', '--socket', '/run/x.sock']);
+  t.is(cfg.sharedDir, '/srv');
+  t.is(cfg.socketPath, '/run/x.sock');
+});
+
+const bad: Array<[string[], RegExp]> = [
+  [['--socket-path', '/s'], /--shared-dir: required/],
+  [['--shared-dir', '/srv'], /--socket-path: required/],
+  [['--shared-dir', '/srv', '--socket-path', '/s', '--cache', 'sometimes'], /--cache: 'sometimes' is not one of never\|metadata\|auto\|always/],
+  [['--shared-dir', '/srv', '--socket-path', '/s', '--bogus'], /--bogus: unknown option/],
+  [['--shared-dir', '/a', '--shared-dir', '/b', '--socket-path', '/s'], /--shared-dir: given twice with different values/],
+  [['--shared-dir', '/srv', '--socket-path'], /--socket-path: expects a value/],
+  [['--shared-dir', '/srv', '--fd', 'x'], /--fd: expects a non-negative integer/],
+  [['--shared-dir', '/srv', '--fd', '3', '--socket-path', '/s'], /alternatives; give only one/],
+  [['--shared-dir', '/srv', '--xattr=yes', '--fd', '3'], /--xattr: takes no value/],
+  [['-o', 'source=/srv,frobnicate', '--fd', '3'], /-o frobnicate: unknown option/],
+  [['--shared-dir', '/srv', '--mountpoint', '/mnt'], /--mountpoint: the daemon can mount itself only with --sandbox none/],
+  [['stray'], /'stray': unexpected argument/],
+];
+
+for (const [argv, message] of bad) {
+  test(`refuses ${argv.join(' ')}`, (t) => {
+    const err = t.throws(() => parseDaemonArgs(argv), { instanceOf: UsageError });
+    t.regex(err?.message ?? '', message);
+  });
+}
+
+test('the same option twice with the same value is accepted', (t) => {
+  const cfg = parseDaemonArgs(['--shared-dir', '/srv', '--shared-dir=/srv', '--fd', '3']);
+  t.is(cfg.sharedDir, '/srv');
+});
