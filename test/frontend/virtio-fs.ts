@@ -256,6 +256,30 @@ export class VirtioFsFrontend {
     }
   }
 
+  /**
+   * One request with caller-placed buffers: each `outs` item is written at its guest address
+   * and becomes one readable descriptor; `ins` are the writable descriptors. The reply is
+   * gathered from `ins` in order.
+   */
+  callAt(outs: readonly { gpa: number; data: Buffer }[], ins: readonly Buf[], queue = REQUEST, timeoutMs = 10000): FuseReply {
+    const q = this.queues[queue];
+    for (const o of outs) this.mem.write(o.gpa, o.data);
+    const head = q.add(outs.map((o) => ({ gpa: o.gpa, len: o.data.length })), ins);
+    q.publish();
+    const used = q.waitN(1, timeoutMs);
+    if (used.length !== 1 || used[0].id !== head) throw new Error(`unexpected completion ${JSON.stringify(used)}`);
+    let left = used[0].len;
+    const parts: Buffer[] = [];
+    for (const b of ins) {
+      if (left <= 0) break;
+      const n = Math.min(left, b.len);
+      parts.push(this.mem.read(b.gpa, n));
+      left -= n;
+    }
+    const raw = Buffer.concat(parts);
+    return { header: parseOutHeader(raw), body: raw.subarray(OUT_HEADER), usedLen: used[0].len };
+  }
+
   close(): void {
     this.vu.close();
     for (const q of this.queues) q.close();
