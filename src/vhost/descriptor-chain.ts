@@ -1,0 +1,144 @@
+// Walking one split-virtqueue descriptor chain into Buffer views of guest memory: the
+// device-readable part, then the device-writable part, following NEXT links and at most
+// one INDIRECT table. Everything in the table is written by the guest and untrusted: each
+// descriptor is read once, every index and length is checked, the walk is bounded by the
+// table size (a loop cannot spin), and a chain that breaks a rule is reported as an error
+// string instead of partial views, so nothing outside guest memory is ever touched.
+import type { GuestMemory } from './guest-memory.js';
+
+// struct virtq_desc: le64 addr, le32 len, le16 flags, le16 next.
+export const DESC_SIZE = 16;
+export const DESC_ADDR_LO = 0;
+export const DESC_ADDR_HI = 4;
+export const DESC_LEN = 8;
+export const DESC_FLAGS = 12;
+export const DESC_NEXT = 14;
+
+export const VRING_DESC_F_NEXT = 1;
+export const VRING_DESC_F_WRITE = 2;
+export const VRING_DESC_F_INDIRECT = 4;
+
+/** Largest split queue we accept (as virtiofsd), and so the largest indirect table. */
+export const MAX_QUEUE_SIZE = 32768;
+
+/** Upper 32 bits of an address at or above this mean the address is >= 2^53. */
+const ADDR_HI_LIMIT = 0x200000;
+const U32_MAX = 0xffffffff;
+
+/** A walked chain: reused from request to request so the hot path allocates no arrays. */
+export class DescriptorChain {
+  head = 0;
+  readonly readable: Buffer[] = [];
+  readonly writable: Buffer[] = [];
+  readableBytes = 0;
+  writableBytes = 0;
+  descriptors = 0;
+  /** Why the chain was rejected, or undefined when it is well formed. */
+  error: string | undefined = undefined;
+
+  reset(head: number): void {
+    this.head = head;
+    this.readable.length = 0;
+    this.writable.length = 0;
+    this.readableBytes = 0;
+    this.writableBytes = 0;
+    this.descriptors = 0;
+    this.error = undefined;
+  }
+
+  fail(reason: string): void {
+    this.readable.length = 0;
+    this.writable.length = 0;
+    this.readableBytes = 0;
+    this.writableBytes = 0;
+    this.error = reason;
+  }
+}
+
+export interface WalkOptions {
+  /** VIRTIO_RING_F_INDIRECT_DESC was negotiated. */
+  indirect: boolean;
+}
+
+// Indirect tables that straddle two regions or windows are copied here (rare; never in
+// the fast path). Sized for the largest table we accept.
+let scratch: Buffer | undefined;
+const scratchSegments: Buffer[] = [];
+
+function indirectTable(mem: GuestMemory, addr: number, len: number): Buffer | undefined {
+  const direct = mem.guestSlice(addr, len);
+  if (direct !== undefined) return direct;
+  scratchSegments.length = 0;
+  if (!mem.guestSegments(addr, len, scratchSegments)) return undefined;
+  scratch ??= Buffer.alloc(MAX_QUEUE_SIZE * DESC_SIZE);
+  let off = 0;
+  for (const s of scratchSegments) off += s.copy(scratch, off);
+  scratchSegments.length = 0;
+  return scratch.subarray(0, len);
+}
+
+/**
+ * Walk the chain starting at descriptor `head` of `table` (a view of the queue's descriptor
+ * table with `tableSize` entries) into `chain`. On any rule broken, chain.error is set and
+ * the segment lists are empty.
+ */
+export function walkChain(mem: GuestMemory, table: Buffer, tableSize: number, head: number, opts: WalkOptions, chain: DescriptorChain): void {
+  chain.reset(head);
+  let desc = table;
+  let size = tableSize;
+  let index = head;
+  let budget = tableSize; // descriptors left before the chain must have ended
+  let indirect = false;
+  let seenWritable = false;
+  for (;;) {
+    if (index >= size) {
+      return chain.fail(`descriptor index ${index} >= ${indirect ? 'indirect table' : 'queue'} size ${size}`);
+    }
+    if (budget-- === 0) {
+      return chain.fail(`chain longer than ${indirect ? 'its indirect table' : 'the queue'} (${size} descriptors): a loop?`);
+    }
+    const o = index * DESC_SIZE;
+    const lo = desc.readUInt32LE(o + DESC_ADDR_LO);
+    const hi = desc.readUInt32LE(o + DESC_ADDR_HI);
+    const len = desc.readUInt32LE(o + DESC_LEN);
+    const flags = desc.readUInt16LE(o + DESC_FLAGS);
+    const next = desc.readUInt16LE(o + DESC_NEXT);
+    chain.descriptors++;
+    if (hi >= ADDR_HI_LIMIT) {
+      return chain.fail(`descriptor ${index}: address 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')} beyond guest memory`);
+    }
+    const addr = hi * 0x100000000 + lo;
+    if ((flags & VRING_DESC_F_INDIRECT) !== 0) {
+      if (indirect) return chain.fail(`descriptor ${index}: indirect descriptor inside an indirect table`);
+      if (!opts.indirect) return chain.fail(`descriptor ${index}: indirect descriptor but INDIRECT_DESC was not negotiated`);
+      if ((flags & VRING_DESC_F_NEXT) !== 0) return chain.fail(`descriptor ${index}: indirect descriptor with NEXT set`);
+      if (len === 0 || len % DESC_SIZE !== 0) return chain.fail(`descriptor ${index}: indirect table length ${len} is not a positive multiple of ${DESC_SIZE}`);
+      if (len / DESC_SIZE > MAX_QUEUE_SIZE) return chain.fail(`descriptor ${index}: indirect table of ${len / DESC_SIZE} entries (max ${MAX_QUEUE_SIZE})`);
+      const t = indirectTable(mem, addr, len);
+      if (t === undefined) return chain.fail(`descriptor ${index}: indirect table 0x${addr.toString(16)}+${len} outside guest memory`);
+      desc = t;
+      size = len / DESC_SIZE;
+      budget = size;
+      index = 0;
+      indirect = true;
+      continue;
+    }
+    if ((flags & VRING_DESC_F_WRITE) !== 0) {
+      seenWritable = true;
+      if (len > U32_MAX - chain.writableBytes) return chain.fail('writable length overflows 32 bits');
+      if (!mem.guestSegments(addr, len, chain.writable)) {
+        return chain.fail(`descriptor ${index}: writable buffer 0x${addr.toString(16)}+${len} outside guest memory`);
+      }
+      chain.writableBytes += len;
+    } else {
+      if (seenWritable) return chain.fail(`descriptor ${index}: device-readable descriptor after a writable one`);
+      if (len > U32_MAX - chain.readableBytes) return chain.fail('readable length overflows 32 bits');
+      if (!mem.guestSegments(addr, len, chain.readable)) {
+        return chain.fail(`descriptor ${index}: readable buffer 0x${addr.toString(16)}+${len} outside guest memory`);
+      }
+      chain.readableBytes += len;
+    }
+    if ((flags & VRING_DESC_F_NEXT) === 0) return;
+    index = next;
+  }
+}

@@ -1,0 +1,284 @@
+// The guest's RAM as the vhost-user frontend shares it: regions (guest physical range, the
+// frontend's virtual address of the same bytes, a file descriptor and an offset in it),
+// each mapped once MAP_SHARED. Every guest address is untrusted: translation checks bounds
+// without ever adding two untrusted numbers (so nothing wraps or loses precision), and a
+// range that leaves mapped memory is refused. Node aborts on an ArrayBuffer over more than
+// a few GiB of foreign memory, so a region is seen through Buffer windows of at most 1 GiB;
+// consecutive windows overlap by 1 MiB so that anything up to 1 MiB (every ring, every
+// indirect table) is contiguous in one window, while larger buffers become several segments.
+import fs from 'node:fs';
+import { closeFd } from '../sys/socket-calls.js';
+import { mmapFd, munmap, viewBuffer, MAX_VIEW_BYTES, PAGE_SIZE, PROT_READ, PROT_WRITE, MAP_SHARED } from '../sys/memory-calls.js';
+
+/** Window size and the overlap between consecutive windows (see the header). */
+export const WINDOW_BYTES = MAX_VIEW_BYTES;
+export const WINDOW_OVERLAP = 1 << 20;
+const WINDOW_STEP = WINDOW_BYTES - WINDOW_OVERLAP;
+
+/** One region as the frontend describes it; all values below 2^53 (checked at the message boundary). */
+export interface RegionSpec {
+  guestAddr: number;
+  size: number;
+  userAddr: number;
+  mmapOffset: number;
+}
+
+/** A region the frontend described badly (overlap, zero size, beyond its file, ...). */
+export class GuestMemoryError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'GuestMemoryError';
+  }
+}
+
+function hex(n: number): string {
+  return '0x' + n.toString(16);
+}
+
+export function describeRegion(r: RegionSpec): string {
+  return `gpa ${hex(r.guestAddr)} size ${hex(r.size)} uva ${hex(r.userAddr)} offset ${hex(r.mmapOffset)}`;
+}
+
+class MappedRegion implements RegionSpec {
+  readonly guestAddr: number;
+  readonly size: number;
+  readonly userAddr: number;
+  readonly mmapOffset: number;
+  private readonly base: bigint;
+  private readonly mapLength: number;
+  private readonly delta: number;
+  private readonly windows: (Buffer | undefined)[];
+
+  constructor(spec: RegionSpec, fd: number) {
+    this.guestAddr = spec.guestAddr;
+    this.size = spec.size;
+    this.userAddr = spec.userAddr;
+    this.mmapOffset = spec.mmapOffset;
+    // mmap wants a page-aligned file offset; map from the page start and skip `delta`.
+    this.delta = spec.mmapOffset % PAGE_SIZE;
+    this.mapLength = spec.size + this.delta;
+    this.base = mmapFd(this.mapLength, PROT_READ | PROT_WRITE, MAP_SHARED, fd, spec.mmapOffset - this.delta);
+    this.windows = new Array<Buffer | undefined>(Math.max(1, Math.ceil((spec.size - WINDOW_OVERLAP) / WINDOW_STEP)));
+  }
+
+  /** Window k covers region offsets [k*STEP, min(k*STEP + WINDOW_BYTES, size)). */
+  window(k: number): Buffer {
+    let w = this.windows[k];
+    if (w === undefined) {
+      const start = k * WINDOW_STEP;
+      const len = Math.min(WINDOW_BYTES, this.size - start);
+      w = viewBuffer(this.base + BigInt(this.delta + start), len);
+      this.windows[k] = w;
+    }
+    return w;
+  }
+
+  /**
+   * A view of [off, off + len) of this region when it is contiguous in one window, else
+   * undefined. Precondition: off < size.
+   */
+  slice(off: number, len: number): Buffer | undefined {
+    if (len > this.size - off) return undefined;
+    const k = Math.floor(off / WINDOW_STEP);
+    const start = k * WINDOW_STEP;
+    const w = this.window(k);
+    const woff = off - start;
+    if (len > w.length - woff) return undefined;
+    return w.subarray(woff, woff + len);
+  }
+
+  /** Views of [off, off + len) clipped to this region, pushed to `out`; returns bytes covered. */
+  segments(off: number, len: number, out: Buffer[]): number {
+    let done = 0;
+    const want = Math.min(len, this.size - off);
+    while (done < want) {
+      const pos = off + done;
+      const k = Math.floor(pos / WINDOW_STEP);
+      const w = this.window(k);
+      const woff = pos - k * WINDOW_STEP;
+      const take = Math.min(want - done, w.length - woff);
+      out.push(w.subarray(woff, woff + take));
+      done += take;
+    }
+    return done;
+  }
+
+  unmap(): void {
+    this.windows.fill(undefined);
+    munmap(this.base, this.mapLength);
+  }
+}
+
+function overlaps(aStart: number, aSize: number, bStart: number, bSize: number): boolean {
+  // Both ranges are validated to end below 2^53, so the sums are exact.
+  return aStart < bStart + bSize && bStart < aStart + aSize;
+}
+
+/** The guest memory table: regions sorted by guest address, translation and bounds checks. */
+export class GuestMemory {
+  private regions: MappedRegion[] = [];
+  private lastHit = 0;
+  /** Bumped whenever the table changes, so cached ring views are re-resolved. */
+  generation = 0;
+
+  constructor(readonly maxRegions: number) {}
+
+  get regionCount(): number {
+    return this.regions.length;
+  }
+
+  list(): readonly RegionSpec[] {
+    return this.regions;
+  }
+
+  /** Check a region description against itself, its file and the current table. */
+  validate(spec: RegionSpec, fd: number, table: readonly RegionSpec[] = this.regions): void {
+    const { guestAddr, size, userAddr, mmapOffset } = spec;
+    for (const v of [guestAddr, size, userAddr, mmapOffset]) {
+      if (!Number.isSafeInteger(v) || v < 0) throw new GuestMemoryError(`region ${describeRegion(spec)}: value out of range`);
+    }
+    if (size === 0) throw new GuestMemoryError(`region ${describeRegion(spec)}: zero size`);
+    const max = Number.MAX_SAFE_INTEGER;
+    if (guestAddr > max - size || userAddr > max - size || mmapOffset > max - size) {
+      throw new GuestMemoryError(`region ${describeRegion(spec)}: end beyond 2^53`);
+    }
+    for (const r of table) {
+      if (overlaps(r.guestAddr, r.size, guestAddr, size)) {
+        throw new GuestMemoryError(`region ${describeRegion(spec)} overlaps guest range of ${describeRegion(r)}`);
+      }
+      if (overlaps(r.userAddr, r.size, userAddr, size)) {
+        throw new GuestMemoryError(`region ${describeRegion(spec)} overlaps user range of ${describeRegion(r)}`);
+      }
+    }
+    let st: fs.Stats;
+    try {
+      st = fs.fstatSync(fd);
+    } catch (err) {
+      throw new GuestMemoryError(`region ${describeRegion(spec)}: bad descriptor ${fd}: ${(err as Error).message}`);
+    }
+    // Mapping past the end of a file would SIGBUS on first touch: refuse it up front.
+    if (st.isFile() && st.size < mmapOffset + size) {
+      throw new GuestMemoryError(`region ${describeRegion(spec)}: file is only ${hex(st.size)} bytes`);
+    }
+    if (!st.isFile() && !st.isCharacterDevice()) {
+      throw new GuestMemoryError(`region ${describeRegion(spec)}: descriptor ${fd} is not a file`);
+    }
+  }
+
+  /** Validate, map and add a region. The fd is consumed (closed) in every case. */
+  add(spec: RegionSpec, fd: number): void {
+    try {
+      if (this.regions.length >= this.maxRegions) throw new GuestMemoryError(`too many regions (max ${this.maxRegions})`);
+      this.validate(spec, fd);
+      const region = new MappedRegion(spec, fd);
+      this.regions.push(region);
+      this.regions.sort((a, b) => a.guestAddr - b.guestAddr);
+      this.generation++;
+    } finally {
+      closeFd(fd);
+    }
+  }
+
+  /**
+   * Replace the whole table (SET_MEM_TABLE). All regions are validated against each other
+   * first; on any error the old table stays and every fd is closed.
+   */
+  replace(specs: readonly RegionSpec[], fds: readonly number[]): void {
+    const fresh: MappedRegion[] = [];
+    try {
+      if (specs.length > this.maxRegions) throw new GuestMemoryError(`too many regions (max ${this.maxRegions})`);
+      const checked: RegionSpec[] = [];
+      specs.forEach((s, i) => {
+        this.validate(s, fds[i], checked);
+        checked.push(s);
+      });
+      for (let i = 0; i < specs.length; i++) fresh.push(new MappedRegion(specs[i], fds[i]));
+    } catch (err) {
+      for (const r of fresh) r.unmap();
+      throw err;
+    } finally {
+      for (const fd of fds) closeFd(fd);
+    }
+    this.clear();
+    this.regions = fresh.sort((a, b) => a.guestAddr - b.guestAddr);
+    this.generation++;
+  }
+
+  /** Remove the region matching guest address, size and user address (REM_MEM_REG). */
+  remove(spec: RegionSpec): boolean {
+    const i = this.regions.findIndex((r) => r.guestAddr === spec.guestAddr && r.size === spec.size && r.userAddr === spec.userAddr);
+    if (i < 0) return false;
+    const [r] = this.regions.splice(i, 1);
+    r.unmap();
+    this.lastHit = 0;
+    this.generation++;
+    return true;
+  }
+
+  clear(): void {
+    for (const r of this.regions) r.unmap();
+    this.regions = [];
+    this.lastHit = 0;
+    this.generation++;
+  }
+
+  private findGuest(gpa: number): MappedRegion | undefined {
+    const rs = this.regions;
+    const hit = rs[this.lastHit];
+    if (hit !== undefined && gpa >= hit.guestAddr && gpa - hit.guestAddr < hit.size) return hit;
+    let lo = 0;
+    let hi = rs.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const r = rs[mid];
+      if (gpa < r.guestAddr) hi = mid - 1;
+      else if (gpa - r.guestAddr >= r.size) lo = mid + 1;
+      else {
+        this.lastHit = mid;
+        return r;
+      }
+    }
+    return undefined;
+  }
+
+  private findUser(uva: number): MappedRegion | undefined {
+    for (const r of this.regions) if (uva >= r.userAddr && uva - r.userAddr < r.size) return r;
+    return undefined;
+  }
+
+  /**
+   * Push views covering guest physical [gpa, gpa + len) onto `out` (one per window or
+   * region crossed). Returns false, with `out` restored, if any byte is outside memory.
+   * len 0 pushes nothing and succeeds.
+   */
+  guestSegments(gpa: number, len: number, out: Buffer[]): boolean {
+    if (len === 0) return true;
+    const mark = out.length;
+    let cur = gpa;
+    let left = len;
+    while (left > 0) {
+      if (!Number.isSafeInteger(cur)) break;
+      const r = this.findGuest(cur);
+      if (r === undefined) break;
+      const got = r.segments(cur - r.guestAddr, left, out);
+      left -= got;
+      // Only continue into the next region when it starts exactly where this one ends.
+      cur = r.guestAddr + r.size;
+    }
+    if (left === 0) return true;
+    out.length = mark;
+    return false;
+  }
+
+  /** A single view of guest physical [gpa, gpa + len), or undefined if outside memory or not contiguous. */
+  guestSlice(gpa: number, len: number): Buffer | undefined {
+    const r = this.findGuest(gpa);
+    return r === undefined ? undefined : r.slice(gpa - r.guestAddr, len);
+  }
+
+  /** A single view of the frontend's virtual [uva, uva + len) (ring addresses), or undefined. */
+  userSlice(uva: number, len: number): Buffer | undefined {
+    const r = this.findUser(uva);
+    return r === undefined ? undefined : r.slice(uva - r.userAddr, len);
+  }
+}
