@@ -1,0 +1,217 @@
+// Boots a throw-away QEMU guest (TCG: these machines have no KVM) whose virtio-fs device talks
+// to a vhost-user-fs backend on a unix socket, runs a shell script inside it against the
+// mounted share and hands back what the script printed. The guest is the host's own Debian
+// kernel with a busybox initramfs built by scripts/build-initramfs.sh; the /init there prints
+// the script's output between VFS-GUEST-BEGIN and VFS-GUEST-END markers on ttyS0.
+// Missing QEMU, kernel or busybox is an error, never a reason to skip: the e2e tests must fail.
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const BUILD_INITRAMFS = path.join(REPO_ROOT, 'scripts/build-initramfs.sh');
+
+export const BEGIN_MARKER = 'VFS-GUEST-BEGIN';
+export const END_MARKER = 'VFS-GUEST-END';
+export const ERROR_MARKER = 'VFS-GUEST-ERROR';
+
+export interface BootOptions {
+  /** The backend's vhost-user socket (must already be listening). */
+  socketPath: string;
+  /** Shell script run by the guest's busybox sh with the share mounted at $VFS_MNT (/mnt). */
+  script: string;
+  memMiB?: number;
+  queueSize?: number;
+  tag?: string;
+  /** `mount -o` options for the virtiofs mount. */
+  mountOptions?: string;
+  timeoutMs?: number;
+  /** Called for each console line as it arrives (the guest can wait for the host to act). */
+  onLine?: (line: string) => void;
+}
+
+export interface GuestResult {
+  /** Lines the script printed, between the markers. */
+  lines: string[];
+  /** The script's exit status. */
+  rc: number;
+  /** The whole console, for diagnostics. */
+  console: string;
+  /** From QEMU's start to the BEGIN marker (share mounted). */
+  bootMs: number;
+  /** From QEMU's start to its exit. */
+  totalMs: number;
+  qemuExit: number | null;
+}
+
+export class GuestError extends Error {
+  constructor(message: string, readonly console: string, readonly stderr: string) {
+    super(`${message}\n--- guest console (tail) ---\n${tail(console)}\n--- qemu stderr ---\n${tail(stderr)}`);
+    this.name = 'GuestError';
+  }
+}
+
+function tail(s: string, n = 40): string {
+  return s.split('\n').slice(-n).join('\n');
+}
+
+function onPath(cmd: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
+    const p = path.join(dir, cmd);
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      return p;
+    } catch {
+      // not in this directory
+    }
+  }
+  return undefined;
+}
+
+/** The QEMU binary; throws with the package to install when it is missing. */
+export function findQemu(): string {
+  const q = onPath('qemu-system-x86_64');
+  if (q === undefined) throw new Error('qemu-system-x86_64 not found: apt-get install qemu-system-x86');
+  return q;
+}
+
+/** The host's Debian kernel whose modules go into the initramfs. */
+export function findKernel(): string {
+  try {
+    return execFileSync('bash', [BUILD_INITRAMFS, '--print-kernel'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+  } catch (e) {
+    const stderr = (e as { stderr?: string }).stderr ?? String(e);
+    throw new Error(`no guest kernel: ${stderr.trim()}`, { cause: e });
+  }
+}
+
+let workDir: string | undefined;
+let baseImage: string | undefined;
+
+function scratch(): string {
+  if (workDir === undefined) {
+    workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfs-e2e-guest-'));
+    const dir = workDir;
+    process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  }
+  return workDir;
+}
+
+/** The initramfs without a guest script, built once per process. */
+export function buildBaseInitramfs(): string {
+  if (baseImage === undefined) {
+    const out = path.join(scratch(), 'base.cpio.gz');
+    execFileSync('bash', [BUILD_INITRAMFS, '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+    baseImage = out;
+  }
+  return baseImage;
+}
+
+let bootCount = 0;
+
+function imageWithScript(script: string): string {
+  const base = buildBaseInitramfs();
+  const n = ++bootCount;
+  const scriptFile = path.join(scratch(), `guest-${n}.sh`);
+  const out = path.join(scratch(), `initrd-${n}.cpio.gz`);
+  fs.writeFileSync(scriptFile, script);
+  execFileSync('bash', [BUILD_INITRAMFS, '--base', base, '--script', scriptFile, '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+  return out;
+}
+
+// eslint-disable-next-line no-control-regex
+const ANSI = /\x1b\[[0-9;?]*[A-Za-z]|\x1bc/g;
+
+export function qemuArgs(o: { socketPath: string; kernel: string; initrd: string; memMiB: number; queueSize: number; tag: string; append: string }): string[] {
+  return [
+    '-nodefaults', '-no-user-config',
+    '-accel', 'tcg',
+    '-m', String(o.memMiB),
+    // vhost-user needs the guest's RAM in a shareable memfd the backend can map.
+    '-object', `memory-backend-memfd,id=mem,size=${o.memMiB}M,share=on`,
+    '-numa', 'node,memdev=mem',
+    '-chardev', `socket,id=vfs0,path=${o.socketPath}`,
+    '-device', `vhost-user-fs-pci,queue-size=${o.queueSize},chardev=vfs0,tag=${o.tag}`,
+    '-display', 'none', '-serial', 'stdio', '-no-reboot',
+    '-kernel', o.kernel, '-initrd', o.initrd,
+    '-append', o.append,
+  ];
+}
+
+/** Boots the guest, runs `script`, resolves when QEMU has exited. */
+export async function bootGuest(opts: BootOptions): Promise<GuestResult> {
+  const memMiB = opts.memMiB ?? 512;
+  const queueSize = opts.queueSize ?? 1024;
+  const tag = opts.tag ?? 'myfs';
+  const timeoutMs = opts.timeoutMs ?? 120_000;
+  const qemu = findQemu();
+  const kernel = findKernel();
+  const initrd = imageWithScript(opts.script);
+  let append = `console=ttyS0 quiet panic=-1 vfs.tag=${tag}`;
+  if (opts.mountOptions !== undefined) append += ` vfs.opts=${opts.mountOptions}`;
+  const args = qemuArgs({ socketPath: opts.socketPath, kernel, initrd, memMiB, queueSize, tag, append });
+
+  const start = Date.now();
+  const child = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let consoleText = '';
+  let stderr = '';
+  let pending = '';
+  let bootMs = -1;
+  child.stdout.setEncoding('utf8');
+  child.stderr.setEncoding('utf8');
+  child.stdout.on('data', (chunk: string) => {
+    pending += chunk.replace(ANSI, '').replace(/\r/g, '');
+    let nl: number;
+    while ((nl = pending.indexOf('\n')) >= 0) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      consoleText += line + '\n';
+      if (bootMs < 0 && line === BEGIN_MARKER) bootMs = Date.now() - start;
+      opts.onLine?.(line);
+    }
+  });
+  child.stderr.on('data', (chunk: string) => { stderr += chunk; });
+
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    child.kill('SIGKILL');
+  }, timeoutMs);
+  const exitCode = await new Promise<number | null>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => resolve(code));
+  }).finally(() => clearTimeout(timer));
+  consoleText += pending;
+  const totalMs = Date.now() - start;
+
+  if (timedOut) throw new GuestError(`guest timed out after ${timeoutMs} ms`, consoleText, stderr);
+  const all = consoleText.split('\n');
+  const errors = all.filter((l) => l.startsWith(ERROR_MARKER));
+  const b = all.indexOf(BEGIN_MARKER);
+  const e = all.findIndex((l) => l.startsWith(`${END_MARKER} rc=`));
+  if (b < 0 || e < b) {
+    throw new GuestError(`guest did not run the script (qemu exit ${exitCode}; ${errors.join('; ') || 'no markers'})`, consoleText, stderr);
+  }
+  if (errors.length > 0) throw new GuestError(`guest /init reported: ${errors.join('; ')}`, consoleText, stderr);
+  return {
+    lines: all.slice(b + 1, e),
+    rc: Number(all[e].slice(`${END_MARKER} rc=`.length)),
+    console: consoleText,
+    bootMs,
+    totalMs,
+    qemuExit: exitCode,
+  };
+}
+
+/** `KEY value...` lines printed by a guest script, as a map (last one wins). */
+export function keyed(lines: string[]): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const l of lines) {
+    const sp = l.indexOf(' ');
+    if (sp > 0) m.set(l.slice(0, sp), l.slice(sp + 1));
+    else if (l.length > 0) m.set(l, '');
+  }
+  return m;
+}
