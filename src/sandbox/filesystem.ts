@@ -1,0 +1,127 @@
+// The file-system half of the sandbox, run by the daemon's main thread before any request is
+// served: make the shared directory the only file system the daemon can name. Namespace mode
+// (we are already in fresh mount/pid/... namespaces, created by unshare before Node started)
+// pivots into a bind mount of the shared dir and detaches the old root; chroot mode chroots
+// (root only, host namespaces); none mode only opens the shared dir. In every mode the
+// /proc/self/fd directory is opened first (O_PATH) because the file server reopens inodes
+// through it and it is unreachable afterwards.
+import fs from 'node:fs';
+import { logger } from '../log.js';
+import { MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REC, MS_SLAVE, chroot, mount, pivotRoot, umount2 } from '../sys/mount-calls.js';
+import { SandboxError } from './errors.js';
+
+const log = logger('sandbox');
+
+export type SandboxMode = 'namespace' | 'chroot' | 'none';
+
+export interface SandboxPlan {
+  mode: SandboxMode;
+  /** The directory to serve (absolute or relative to the cwd; resolved here). */
+  sharedDir: string;
+  /** Capability edits, virtiofsd syntax (used by dropPrivileges). */
+  modcaps?: string;
+  /** RLIMIT_NOFILE (used by dropPrivileges). */
+  rlimitNofile?: number;
+}
+
+export interface SandboxResult {
+  /** O_PATH|O_DIRECTORY fd of the shared dir (which is "/" after namespace/chroot). */
+  rootFd: number;
+  /** O_PATH fd of /proc/self/fd, opened before the sandbox closed the rest of the host. */
+  procSelfFd: number;
+}
+
+// O_PATH is missing from fs.constants; its value is the same on x86_64 and aarch64.
+const O_PATH = 0o10000000;
+const { O_DIRECTORY, O_NOFOLLOW, O_RDONLY } = fs.constants;
+
+function step<T>(name: string, fn: () => T): T {
+  log.debug(`${name}`);
+  try {
+    return fn();
+  } catch (err) {
+    throw SandboxError.from(name, err);
+  }
+}
+
+/** open(2) through libuv (always O_CLOEXEC). */
+function openPath(path: string, extra = 0): number {
+  return fs.openSync(path, O_PATH | O_DIRECTORY | O_RDONLY | extra);
+}
+
+function openProcSelfFd(): number {
+  return step('open /proc/self/fd', () => openPath('/proc/self/fd', O_NOFOLLOW));
+}
+
+function resolveSharedDir(dir: string): string {
+  return step(`resolve shared dir ${dir}`, () => {
+    const real = fs.realpathSync(dir);
+    if (!fs.statSync(real).isDirectory()) throw new SandboxError(`resolve shared dir ${dir}`, 20 /* ENOTDIR */, `${dir} is not a directory`);
+    return real;
+  });
+}
+
+function mountFreshProc(): void {
+  try {
+    step('mount proc on /proc', () => mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC));
+  } catch (err) {
+    // In a user namespace the kernel refuses a new proc when the existing one has parts
+    // hidden by over-mounts (container runtimes mask /proc/kcore etc.). The old proc is
+    // still correct for /proc/self (the process is visible in the parent pid namespace),
+    // and it is detached with the old root anyway.
+    if (err instanceof SandboxError && err.code === 'EPERM') {
+      log.warn('could not mount a fresh proc (EPERM: /proc is partly masked, as in containers); using the existing /proc for /proc/self/fd');
+      return;
+    }
+    throw err;
+  }
+}
+
+function enterNamespace(sharedDir: string): SandboxResult {
+  step('mount / MS_SLAVE|MS_REC', () => mount(null, '/', null, MS_SLAVE | MS_REC));
+  mountFreshProc();
+  const procSelfFd = openProcSelfFd();
+  if (sharedDir === '/') {
+    log.debug('sandbox: shared dir is /, no pivot_root');
+  } else {
+    step(`bind-mount ${sharedDir} on itself`, () => mount(sharedDir, sharedDir, null, MS_BIND | MS_REC));
+    step(`chdir ${sharedDir}`, () => process.chdir(sharedDir));
+    step('pivot_root . .', () => pivotRoot('.', '.'));
+    step('umount2 old root MNT_DETACH', () => umount2('.', MNT_DETACH));
+  }
+  step('chdir /', () => process.chdir('/'));
+  const rootFd = step('open / O_PATH', () => openPath('/'));
+  return { rootFd, procSelfFd };
+}
+
+function enterChroot(sharedDir: string): SandboxResult {
+  if (process.geteuid?.() !== 0) throw new SandboxError('chroot', 1 /* EPERM */, '--sandbox chroot needs root; use --sandbox namespace when unprivileged');
+  const procSelfFd = openProcSelfFd();
+  step(`chroot ${sharedDir}`, () => chroot(sharedDir));
+  step('chdir /', () => process.chdir('/'));
+  const rootFd = step('open / O_PATH', () => openPath('/'));
+  return { rootFd, procSelfFd };
+}
+
+function enterNone(sharedDir: string): SandboxResult {
+  log.warn('--sandbox none: nothing isolates the daemon from the host; a compromised daemon has all of its user\'s access');
+  const procSelfFd = openProcSelfFd();
+  const rootFd = step(`open ${sharedDir} O_PATH`, () => openPath(sharedDir));
+  return { rootFd, procSelfFd };
+}
+
+/**
+ * Isolate the file system view of this process and return the two fds the file server
+ * needs. Must run on the main thread before any request is served. Throws SandboxError
+ * (step + errno) on any failure: the caller must exit non-zero.
+ */
+export function enterSandbox(plan: SandboxPlan): SandboxResult {
+  const sharedDir = resolveSharedDir(plan.sharedDir);
+  log.debug(`mode ${plan.mode}, shared dir ${sharedDir}`);
+  switch (plan.mode) {
+    case 'namespace': return enterNamespace(sharedDir);
+    case 'chroot': return enterChroot(sharedDir);
+    case 'none': return enterNone(sharedDir);
+    default: throw new SandboxError('plan', 22 /* EINVAL */, `unknown sandbox mode '${String(plan.mode)}'`);
+  }
+}

@@ -1,0 +1,38 @@
+// A stand-in daemon for the sandbox tests: takes the daemon's sandbox options, runs
+// enterSandbox + dropPrivileges exactly as the daemon's main thread does, prints one JSON
+// line of what it sees from inside, then waits for SIGTERM so a test can inspect
+// /proc/PID from outside. Started through vfs-launch (--daemon-entry hook) or directly.
+import fs from 'node:fs';
+import { enterSandbox, dropPrivileges } from '../src/sandbox/index.js';
+import type { SandboxMode } from '../src/sandbox/index.js';
+import { setLogLevel } from '../src/log.js';
+
+function arg(name: string): string | undefined {
+  const argv = process.argv.slice(2);
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === `--${name}`) return argv[i + 1];
+    if (argv[i].startsWith(`--${name}=`)) return argv[i].slice(name.length + 3);
+  }
+  return undefined;
+}
+
+setLogLevel(arg('log-level') === 'debug' ? 'debug' : 'warn');
+const mode = (arg('sandbox') ?? 'namespace') as SandboxMode;
+const sharedDir = arg('shared-dir') ?? '.';
+const rlimit = arg('rlimit-nofile');
+const { rootFd, procSelfFd } = enterSandbox({ mode, sharedDir });
+dropPrivileges({ modcaps: arg('modcaps'), rlimitNofile: rlimit === undefined ? undefined : Number(rlimit) });
+
+const root = mode === 'none' ? sharedDir : '/';
+const report = {
+  pid: process.pid,
+  uid: process.getuid?.(),
+  rootFd,
+  procSelfFd,
+  rootEntries: fs.readdirSync(root).sort(),
+  cwd: process.cwd(),
+};
+process.stdout.write(JSON.stringify(report) + '\n');
+process.on('SIGTERM', () => process.exit(0));
+process.on('SIGINT', () => process.exit(0));
+setInterval(() => undefined, 1 << 30);
