@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { SysError } from '../sys/libc.js';
-import { mount, umount2, MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY } from '../sys/mount-calls.js';
+import { mount, umount2, MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, UMOUNT_NOFOLLOW } from '../sys/mount-calls.js';
 
 const { ENOENT, ENOTDIR, EBUSY, EPERM, ENOTCONN } = osConstants.errno;
 const S_IFMT = 0o170000;
@@ -62,15 +62,22 @@ export function mountPoints(): string[] {
   return out;
 }
 
-/** True when something is mounted exactly at `dir` (after resolving symlinks). */
-export function isMountPoint(dir: string): boolean {
-  let real: string;
+/**
+ * `dir` with its parent's symlinks resolved, without touching `dir` itself: a stat of a
+ * FUSE mountpoint whose server has stopped would wait for an answer forever.
+ */
+function resolveWithoutTouching(dir: string): string {
+  const abs = path.resolve(dir);
   try {
-    real = fs.realpathSync(dir);
+    return path.join(fs.realpathSync(path.dirname(abs)), path.basename(abs));
   } catch {
-    real = path.resolve(dir);
+    return abs;
   }
-  return mountPoints().includes(real);
+}
+
+/** True when something is mounted exactly at `dir` (never stats `dir` itself). */
+export function isMountPoint(dir: string): boolean {
+  return mountPoints().includes(resolveWithoutTouching(dir));
 }
 
 function checkMountpoint(mountpoint: string): string {
@@ -88,7 +95,7 @@ function checkMountpoint(mountpoint: string): string {
       mountpoint, 'cannot stat the mountpoint');
   }
   if (!st.isDirectory()) throw new FuseMountError('mount', ENOTDIR, mountpoint, 'mountpoint is not a directory');
-  const real = fs.realpathSync(mountpoint);
+  const real = resolveWithoutTouching(fs.realpathSync(mountpoint));
   if (mountPoints().includes(real)) {
     throw new FuseMountError('mount', EBUSY, mountpoint, 'something is already mounted there');
   }
@@ -138,16 +145,22 @@ export function mountFuse(opts: MountFuseOptions): number {
   return fd;
 }
 
-/** Detach the mount at `mountpoint` (MNT_DETACH: busy files keep working until closed). */
+/**
+ * Detach the mount at `mountpoint` (MNT_DETACH: files still open keep being served until
+ * closed, then the kernel ends the connection and the loop reads ENODEV).
+ */
 export function unmountFuse(mountpoint: string): void {
-  umount2(mountpoint, MNT_DETACH);
+  umount2(resolveWithoutTouching(mountpoint), MNT_DETACH | UMOUNT_NOFOLLOW);
 }
 
-/** Unmount when mounted; returns whether something was unmounted. Never throws for "not mounted". */
+/**
+ * Unmount when mounted; returns whether something was unmounted. Never throws for "not
+ * mounted", and never stats the mountpoint (its server may already be gone).
+ */
 export function unmountIfMounted(mountpoint: string): boolean {
   if (!isMountPoint(mountpoint)) return false;
   try {
-    umount2(mountpoint, MNT_DETACH);
+    umount2(resolveWithoutTouching(mountpoint), MNT_DETACH | UMOUNT_NOFOLLOW);
     return true;
   } catch (err) {
     if (err instanceof SysError && (err.errno === osConstants.errno.EINVAL || err.errno === ENOENT)) return false;
