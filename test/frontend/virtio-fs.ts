@@ -148,6 +148,20 @@ export class VirtioFsFrontend {
     if ((this.features & Feature.PROTOCOL_FEATURES) !== 0n) vu.setOk(Req.SET_VRING_ENABLE, vringState(q.index, 1));
   }
 
+  /**
+   * What a VMM does when the guest resets the device (reboot): renegotiate, send the memory
+   * table again and start every queue afresh on new rings. Call after RESET_OWNER/RESET_DEVICE.
+   */
+  restartDevice(): void {
+    for (const q of this.queues) q.close();
+    this.queues.length = 0;
+    this.freeSlots.length = 0;
+    this.pending.length = 0;
+    this.handshake();
+    this.setMemTable();
+    this.startQueues();
+  }
+
   /** GET_VRING_BASE: stops the ring; returns the backend's next avail index. */
   getVringBase(index: number): number {
     const p = this.vu.get(Req.GET_VRING_BASE, vringState(index, 0));
