@@ -1,0 +1,201 @@
+// The FUSE server core: createFuseServer() builds a FuseSession over the passthrough
+// file system. handle() decodes one request, dispatches it by opcode, and encodes the
+// reply in place; it never throws (a malformed request or an unexpected failure is an
+// errno reply and one warn line). Transports (/dev/fuse, vhost-user) only move bytes.
+import { constants as osConstants } from 'node:os';
+import { setUmask } from '../sys/cred-calls.js';
+import type { FsOptions } from './options.js';
+import type { FuseSession, TransportKind } from './session.js';
+import {
+  FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_MIN_MINOR_VERSION, InitFlag, InitIn, InitOut, Op, opName,
+} from './fuse-abi.js';
+import { NO_REPLY } from './request.js';
+import { FsState } from './state.js';
+import * as entry from './ops-entry.js';
+import * as file from './ops-file.js';
+import * as dir from './ops-dir.js';
+import * as attr from './ops-attr.js';
+
+export interface FuseServerConfig {
+  rootFd: number;
+  procSelfFd: number;
+  options: FsOptions;
+  transport: TransportKind;
+  /** Bytes the transport can carry in one WRITE. */
+  maxWrite: number;
+}
+
+const E = osConstants.errno;
+type Handler = (s: FsState) => number;
+
+const enosys: Handler = () => -E.ENOSYS;
+
+// Opcode table. Answered with ENOSYS, and why:
+//   GETLK, SETLK, SETLKW  POSIX locks are not served, as in virtiofsd; FUSE_POSIX_LOCKS is
+//                         not offered, so a Linux client keeps such locks local and
+//                         normally never sends these.
+//   FLOCK (no opcode)     FUSE_FLOCK_LOCKS is not offered either: the client emulates flock()
+//                         locally, as it does under virtiofsd.
+//   BMAP                  only for block-device-backed FUSE (fuseblk).
+//   IOCTL, POLL           not served by virtiofsd either; ioctl passthrough is a sandbox hole.
+//   SETUPMAPPING,         DAX windows need the VMM's cache BAR, which this backend does not
+//   REMOVEMAPPING         offer.
+//   SETXATTR, GETXATTR,   only without --xattr (the client then stops asking, as virtiofsd's
+//   LISTXATTR, REMOVEXATTR  users expect); with --xattr they are served.
+//   anything else         unknown opcodes.
+// Sent without a reply: FORGET, BATCH_FORGET, INTERRUPT (requests finish synchronously, so
+// there is never one to interrupt), NOTIFY_REPLY (we send no notifications).
+const noReply: Handler = () => NO_REPLY;
+
+const handlers: Handler[] = [];
+const table: [number, Handler][] = [
+  [Op.LOOKUP, entry.lookup], [Op.FORGET, entry.forget], [Op.BATCH_FORGET, entry.batchForget],
+  [Op.GETATTR, entry.getattr], [Op.SETATTR, attr.setattr], [Op.READLINK, entry.readlink],
+  [Op.SYMLINK, entry.symlink], [Op.MKNOD, entry.mknod], [Op.MKDIR, entry.mkdir], [Op.UNLINK, entry.unlink],
+  [Op.RMDIR, entry.rmdir], [Op.RENAME, entry.rename], [Op.RENAME2, entry.rename2], [Op.LINK, entry.link],
+  [Op.OPEN, file.open], [Op.CREATE, file.create], [Op.TMPFILE, file.tmpfile], [Op.READ, file.read],
+  [Op.WRITE, file.write], [Op.FLUSH, file.flush], [Op.RELEASE, file.release], [Op.FSYNC, file.fsync],
+  [Op.FALLOCATE, file.fallocate], [Op.LSEEK, file.lseek], [Op.COPY_FILE_RANGE, file.copyFileRangeOp],
+  [Op.OPENDIR, dir.opendir], [Op.READDIR, dir.readdir], [Op.READDIRPLUS, dir.readdirplus],
+  [Op.RELEASEDIR, dir.releasedir], [Op.FSYNCDIR, dir.fsyncdir], [Op.STATFS, attr.statfs],
+  [Op.ACCESS, attr.access], [Op.SYNCFS, attr.syncfsOp], [Op.SETXATTR, attr.setxattr],
+  [Op.GETXATTR, attr.getxattr], [Op.LISTXATTR, attr.listxattr], [Op.REMOVEXATTR, attr.removexattr],
+  [Op.INTERRUPT, noReply], [Op.NOTIFY_REPLY, noReply],
+  [Op.GETLK, enosys], [Op.SETLK, enosys], [Op.SETLKW, enosys], [Op.BMAP, enosys], [Op.IOCTL, enosys],
+  [Op.POLL, enosys], [Op.SETUPMAPPING, enosys], [Op.REMOVEMAPPING, enosys],
+];
+for (const [op, h] of table) handlers[op] = h;
+
+const XATTR_OPS = new Set<number>([Op.SETXATTR, Op.GETXATTR, Op.LISTXATTR, Op.REMOVEXATTR]);
+/** Opcodes that change the file system: EROFS under --readonly (OPEN checks its flags itself). */
+const MODIFYING = new Set<number>([
+  Op.SETATTR, Op.SYMLINK, Op.MKNOD, Op.MKDIR, Op.UNLINK, Op.RMDIR, Op.RENAME, Op.RENAME2, Op.LINK, Op.CREATE,
+  Op.TMPFILE, Op.WRITE, Op.FALLOCATE, Op.COPY_FILE_RANGE, Op.SETXATTR, Op.REMOVEXATTR,
+]);
+const NO_REPLY_OPS = new Set<number>([Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT, Op.NOTIFY_REPLY]);
+
+/** Flags we implement and offer when the client does (see the comments in initReply). */
+function offeredFlags(opts: FsOptions): number {
+  let f = InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.ATOMIC_O_TRUNC | InitFlag.EXPORT_SUPPORT |
+    InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.AUTO_INVAL_DATA;
+  if (opts.writeback) f |= InitFlag.WRITEBACK_CACHE;
+  if (opts.readdirplus) f |= InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO;
+  if (opts.announceSubmounts) f |= InitFlag.SUBMOUNTS;
+  return f;
+}
+
+class FuseServer implements FuseSession {
+  private readonly s: FsState;
+  private initialized = false;
+  destroyed = false;
+
+  constructor(private readonly cfg: FuseServerConfig) {
+    // Room for the largest request: a maximal WRITE or a 64 KiB xattr value, plus headers.
+    const maxRequest = Math.max(cfg.maxWrite, 65536) + 8192;
+    this.s = new FsState(cfg.rootFd, cfg.procSelfFd, cfg.options, maxRequest);
+  }
+
+  handle(readable: readonly Buffer[], writable: readonly Buffer[]): number {
+    const s = this.s;
+    const req = s.req;
+    let result: number;
+    try {
+      s.reply.begin(writable);
+      const problem = req.load(readable);
+      if (problem !== null) {
+        s.log.warn(`malformed ${opName.get(req.opcode) ?? `opcode ${req.opcode}`} request: ${problem}`);
+        if (NO_REPLY_OPS.has(req.opcode)) return 0;
+        result = -E.EINVAL;
+      } else {
+        result = this.dispatch();
+      }
+    } catch (err) {
+      s.log.warn(`${opName.get(req.opcode) ?? `opcode ${req.opcode}`} failed: ${err instanceof Error ? err.message : String(err)}`);
+      result = -E.EIO;
+    }
+    if (result === NO_REPLY) return 0;
+    try {
+      return s.reply.finish(req, result);
+    } catch (err) {
+      s.log.warn(`could not encode a reply: ${err instanceof Error ? err.message : String(err)}`);
+      return 0;
+    }
+  }
+
+  private dispatch(): number {
+    const s = this.s;
+    const op = s.req.opcode;
+    if (op === Op.INIT) return this.init();
+    if (!this.initialized) return NO_REPLY_OPS.has(op) ? NO_REPLY : -E.EIO;
+    if (op === Op.DESTROY) return this.destroy();
+    const h = handlers[op];
+    if (h === undefined) return -E.ENOSYS;
+    if (XATTR_OPS.has(op) && !s.opts.xattr) return -E.ENOSYS;
+    if (s.opts.readonly && MODIFYING.has(op)) return -E.EROFS;
+    return h(s);
+  }
+
+  private init(): number {
+    const s = this.s;
+    const req = s.req;
+    if (this.initialized) return -E.EIO;
+    const major = req.u32(InitIn.off.major);
+    const minor = req.u32(InitIn.off.minor);
+    const O = InitOut.off;
+    if (!s.reply.reserve(InitOut.size)) return -E.EIO;
+    if (major > FUSE_KERNEL_VERSION) {
+      // A newer major: answer ours only; the client retries INIT with it.
+      InitOut.encode(s.reply.out, 16, { major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION });
+      return InitOut.size;
+    }
+    if (major < FUSE_KERNEL_VERSION || minor < FUSE_MIN_MINOR_VERSION) {
+      s.log.warn(`client speaks FUSE ${major}.${minor}; ${FUSE_KERNEL_VERSION}.${FUSE_MIN_MINOR_VERSION} or later is needed`);
+      return -E.EPROTO;
+    }
+    const clientFlags = req.u32(InitIn.off.flags);
+    // POSIX_LOCKS and FLOCK_LOCKS are not offered (see the opcode table), nor DONT_MASK:
+    // the client applies the caller's umask to modes itself, and the process umask is 0
+    // (set in createFuseServer) so the host does not apply a second one. HANDLE_KILLPRIV(_V2)
+    // is not offered: the client then clears setuid/setgid itself with a SETATTR after a
+    // write by a non-owner. SETXATTR_EXT and SECURITY_CTX are not offered, so requests
+    // keep their compat layouts and carry no extensions we would have to act on.
+    const flags = (clientFlags & offeredFlags(s.opts)) >>> 0;
+    s.writeback = (flags & InitFlag.WRITEBACK_CACHE) !== 0;
+    s.submounts = (flags & InitFlag.SUBMOUNTS) !== 0;
+    const maxWrite = Math.max(4096, this.cfg.maxWrite);
+    const out = s.reply.out;
+    InitOut.encode(out, 16, {});
+    out.writeUInt32LE(FUSE_KERNEL_VERSION, 16 + O.major);
+    out.writeUInt32LE(Math.min(minor, FUSE_KERNEL_MINOR_VERSION), 16 + O.minor);
+    out.writeUInt32LE(req.u32(InitIn.off.maxReadahead), 16 + O.maxReadahead);
+    out.writeUInt32LE(flags, 16 + O.flags);
+    out.writeUInt32LE(maxWrite, 16 + O.maxWrite);
+    out.writeUInt32LE(1, 16 + O.timeGran);
+    if (flags & InitFlag.MAX_PAGES) out.writeUInt16LE(Math.min(65535, Math.ceil(maxWrite / 4096)), 16 + O.maxPages);
+    this.initialized = true;
+    this.destroyed = false;
+    s.log.debug(`INIT: client ${major}.${minor} flags 0x${clientFlags.toString(16)}, agreed 0x${flags.toString(16)}, ` +
+      `max_write ${maxWrite}, transport ${this.cfg.transport}`);
+    return InitOut.size;
+  }
+
+  private destroy(): number {
+    const s = this.s;
+    s.handles.clear();
+    s.inodes.clear();
+    this.initialized = false;
+    this.destroyed = true;
+    return 0;
+  }
+}
+
+/**
+ * Build the FUSE core over the shared directory. Sets the process umask to 0: the
+ * client has already applied its caller's umask to every mode it sends, and the host
+ * must not mask the result again (process.umask() cannot be set from a worker thread,
+ * hence the libc call).
+ */
+export function createFuseServer(cfg: FuseServerConfig): FuseSession {
+  setUmask(0);
+  return new FuseServer(cfg);
+}

@@ -1,0 +1,233 @@
+// Attributes and file-system-wide requests: SETATTR, STATFS, ACCESS, SYNCFS and the
+// extended attributes. Inode-level calls go through the O_PATH fd (AT_EMPTY_PATH) or
+// the /proc/self/fd magic link of the inode, so no path is ever resolved on the host.
+import {
+  AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_CLOEXEC, O_DIRECTORY, O_NONBLOCK, O_RDONLY, O_WRONLY, S_IFDIR, S_IFLNK,
+  S_IFREG, STATFS_SIZE, STX, close, fchmod, fchmodat, fchown, fchownat, fgetxattr, flistxattr, fremovexattr,
+  fsetxattr, fstatfs, ftruncate, futimens, getxattrAt, listxattrAt, openat, removexattrAt, setxattrAt, syncfs,
+  utimensat,
+} from '../sys/file-calls.js';
+import { FATTR, GetxattrIn, GetxattrOut, Kstatfs, SetattrIn, SetxattrIn, AccessIn } from './fuse-abi.js';
+import type { Inode } from './inodes.js';
+import { newNameRef } from './names.js';
+import { E, type FsState } from './state.js';
+
+const times = Buffer.alloc(32);
+const statfsBuf = Buffer.alloc(STATFS_SIZE);
+const nameA = newNameRef();
+const UTIME_NOW = (1 << 30) - 1;
+const UTIME_OMIT = (1 << 30) - 2;
+const ID_UNCHANGED = 0xffffffff;
+
+export function setattr(s: FsState): number {
+  const req = s.req;
+  const ino = s.inodes.get(req.nodeid);
+  if (ino === undefined) return -E.ENOENT;
+  const S = SetattrIn.off;
+  const valid = req.u32(S.valid);
+  const h = valid & FATTR.FH ? s.handles.get(req.u64(S.fh)) : undefined;
+  const fd = h?.fd ?? -1;
+  let r: number;
+  if (valid & FATTR.MODE) {
+    const mode = req.u32(S.mode) & 0o7777;
+    if (fd >= 0) r = fchmod(fd, mode);
+    else if (ino.type === S_IFLNK) r = -E.EOPNOTSUPP;
+    else r = fchmodat(s.procSelfFd, ino.procName, mode, 0);
+    if (r < 0) return r;
+  }
+  if (valid & (FATTR.UID | FATTR.GID)) {
+    const uid = valid & FATTR.UID ? req.u32(S.uid) : ID_UNCHANGED;
+    const gid = valid & FATTR.GID ? req.u32(S.gid) : ID_UNCHANGED;
+    r = fd >= 0 ? fchown(fd, uid, gid) : fchownat(ino.fd, '', uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+    if (r < 0) return r;
+  }
+  if (valid & FATTR.SIZE) {
+    if (req.u64Big(S.size)) return -E.EFBIG;
+    const size = req.u64(S.size);
+    if (fd >= 0) {
+      r = ftruncate(fd, size);
+    } else {
+      if (ino.type !== S_IFREG) return ino.type === S_IFDIR ? -E.EISDIR : -E.EINVAL;
+      const wfd = openat(s.procSelfFd, ino.procName, O_WRONLY | O_CLOEXEC);
+      if (wfd < 0) return wfd;
+      r = ftruncate(wfd, size);
+      close(wfd);
+    }
+    if (r < 0) return r;
+  }
+  if (valid & (FATTR.ATIME | FATTR.MTIME | FATTR.ATIME_NOW | FATTR.MTIME_NOW)) {
+    setTime(times, 0, valid & FATTR.ATIME_NOW, valid & FATTR.ATIME, req.u64(S.atime), req.u32(S.atimensec));
+    setTime(times, 16, valid & FATTR.MTIME_NOW, valid & FATTR.MTIME, req.u64(S.mtime), req.u32(S.mtimensec));
+    if (fd >= 0) r = futimens(fd, times);
+    else if (ino.type === S_IFLNK) r = utimensat(ino.fd, '', times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+    else r = utimensat(s.procSelfFd, ino.procName, times, 0);
+    if (r < 0) return r;
+  }
+  r = s.statInode(ino);
+  if (r < 0) return r;
+  return s.attrOut();
+}
+
+function setTime(buf: Buffer, pos: number, now: number, set: number, sec: number, nsec: number): void {
+  buf.writeBigInt64LE(BigInt(now || !set ? 0 : sec), pos);
+  buf.writeBigInt64LE(BigInt(now ? UTIME_NOW : set ? nsec : UTIME_OMIT), pos + 8);
+}
+
+export function statfs(s: FsState): number {
+  const ino = s.inodes.get(s.req.nodeid) ?? s.inodes.root;
+  if (!s.reply.reserve(Kstatfs.size)) return -E.EIO;
+  const r = fstatfs(ino.fd, statfsBuf);
+  if (r < 0) return r;
+  const w = (i: number): bigint => statfsBuf.readBigUInt64LE(i * 8);
+  // struct statfs words: type, bsize, blocks, bfree, bavail, files, ffree, fsid, namelen, frsize, flags.
+  Kstatfs.encode(s.reply.out, 16, {
+    blocks: w(2), bfree: w(3), bavail: w(4), files: w(5), ffree: w(6),
+    bsize: Number(w(1)), namelen: Number(w(8)), frsize: Number(w(9)),
+  });
+  return Kstatfs.size;
+}
+
+/** ACCESS: the permission bits as the kernel would check them for the caller. */
+export function access(s: FsState): number {
+  const req = s.req;
+  const ino = s.inodes.get(req.nodeid);
+  if (ino === undefined) return -E.ENOENT;
+  const mask = req.u32(AccessIn.off.mask) & 7;
+  const r = s.statInode(ino);
+  if (r < 0) return r;
+  if (mask === 0) return 0;
+  const mode = s.stx.readUInt16LE(STX.mode);
+  if (req.uid === 0) {
+    if ((mask & 1) === 0 || (mode & 0o170000) === S_IFDIR || (mode & 0o111) !== 0) return 0;
+    return -E.EACCES;
+  }
+  let bits: number;
+  if (req.uid === s.stx.readUInt32LE(STX.uid)) bits = (mode >> 6) & 7;
+  else if (req.gid === s.stx.readUInt32LE(STX.gid)) bits = (mode >> 3) & 7;
+  else bits = mode & 7;
+  return (bits & mask) === mask ? 0 : -E.EACCES;
+}
+
+export function syncfsOp(s: FsState): number {
+  const ino = s.inodes.get(s.req.nodeid) ?? s.inodes.root;
+  // syncfs() refuses O_PATH fds: reopen the inode (a directory or a file) for it.
+  const flags = (ino.type === S_IFDIR ? O_DIRECTORY : 0) | O_RDONLY | O_NONBLOCK | O_CLOEXEC;
+  const fd = openat(s.procSelfFd, ino.procName, flags);
+  if (fd < 0) return fd;
+  const r = syncfs(fd);
+  close(fd);
+  return r;
+}
+
+// ---- extended attributes (only with --xattr; the dispatcher answers ENOSYS otherwise) ----
+// Regular files and directories are reopened read-only through /proc/self/fd and use
+// the f*xattr calls; other types (symlinks, fifos, sockets, devices) must not be opened,
+// so they go through the *xattrat syscalls on the O_PATH fd.
+
+/** xattrFd() result for types that use the *xattrat calls on the O_PATH fd. */
+const SPECIAL = -0x10000;
+
+function xattrFd(s: FsState, ino: Inode): number {
+  if (ino.type !== S_IFREG && ino.type !== S_IFDIR) return SPECIAL;
+  return openat(s.procSelfFd, ino.procName, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+}
+
+/** Attribute names may hold any byte but NUL ("user.a/b" is valid): no component check. */
+function parseXattrName(s: FsState, pos: number): number {
+  const nul = s.req.strEnd(pos);
+  if (nul < 0 || nul === pos) return -E.EINVAL;
+  if (nul - pos > 255) return -E.ERANGE;
+  nameA.buf = s.req.buf.subarray(pos, nul + 1);
+  nameA.next = nul + 1;
+  return 0;
+}
+
+function special(r: number): number {
+  return r === -E.ENOSYS ? -E.EOPNOTSUPP : r;
+}
+
+export function getxattr(s: FsState): number {
+  const req = s.req;
+  const ino = s.inodes.get(req.nodeid);
+  if (ino === undefined) return -E.ENOENT;
+  let r = parseXattrName(s, req.args + GetxattrIn.size);
+  if (r < 0) return r;
+  const size = req.u32(GetxattrIn.off.size);
+  const room = size === 0 ? 0 : s.reply.room(size);
+  if (!s.reply.reserve(size === 0 ? GetxattrOut.size : room)) return -E.ERANGE;
+  const value = size === 0 ? null : s.reply.out.subarray(16, 16 + room);
+  const fd = xattrFd(s, ino);
+  if (fd < 0 && fd !== SPECIAL) return fd;
+  if (fd >= 0) {
+    r = fgetxattr(fd, nameA.buf, value, room);
+    close(fd);
+  } else {
+    r = special(getxattrAt(ino.fd, nameA.buf, value, room));
+  }
+  if (r < 0) return r;
+  return size === 0 ? sizeOut(s, r) : r;
+}
+
+export function listxattr(s: FsState): number {
+  const req = s.req;
+  const ino = s.inodes.get(req.nodeid);
+  if (ino === undefined) return -E.ENOENT;
+  const size = req.u32(GetxattrIn.off.size);
+  const room = size === 0 ? 0 : s.reply.room(size);
+  if (!s.reply.reserve(size === 0 ? GetxattrOut.size : room)) return -E.ERANGE;
+  const list = size === 0 ? null : s.reply.out.subarray(16, 16 + room);
+  const fd = xattrFd(s, ino);
+  if (fd < 0 && fd !== SPECIAL) return fd;
+  let r: number;
+  if (fd >= 0) {
+    r = flistxattr(fd, list, room);
+    close(fd);
+  } else {
+    r = special(listxattrAt(ino.fd, list, room));
+  }
+  if (r < 0) return r;
+  return size === 0 ? sizeOut(s, r) : r;
+}
+
+function sizeOut(s: FsState, n: number): number {
+  GetxattrOut.encode(s.reply.out, 16, { size: n });
+  return GetxattrOut.size;
+}
+
+export function setxattr(s: FsState): number {
+  const req = s.req;
+  const ino = s.inodes.get(req.nodeid);
+  if (ino === undefined) return -E.ENOENT;
+  let r = parseXattrName(s, req.args + SetxattrIn.size);
+  if (r < 0) return r;
+  const size = req.u32(SetxattrIn.off.size);
+  if (nameA.next + size > req.end) return -E.EINVAL;
+  const value = req.buf.subarray(nameA.next, nameA.next + size);
+  const flags = req.u32(SetxattrIn.off.flags);
+  const fd = xattrFd(s, ino);
+  if (fd < 0 && fd !== SPECIAL) return fd;
+  if (fd >= 0) {
+    r = fsetxattr(fd, nameA.buf, value, size, flags);
+    close(fd);
+  } else {
+    r = special(setxattrAt(ino.fd, nameA.buf, value, size, flags));
+  }
+  return r < 0 ? r : 0;
+}
+
+export function removexattr(s: FsState): number {
+  const req = s.req;
+  const ino = s.inodes.get(req.nodeid);
+  if (ino === undefined) return -E.ENOENT;
+  let r = parseXattrName(s, req.args);
+  if (r < 0) return r;
+  const fd = xattrFd(s, ino);
+  if (fd < 0 && fd !== SPECIAL) return fd;
+  if (fd >= 0) {
+    r = fremovexattr(fd, nameA.buf);
+    close(fd);
+  } else {
+    r = special(removexattrAt(ino.fd, nameA.buf));
+  }
+  return r < 0 ? r : 0;
+}

@@ -1,0 +1,231 @@
+// Open files: OPEN, CREATE, TMPFILE, READ, WRITE, FLUSH, RELEASE, FSYNC, FALLOCATE,
+// LSEEK, COPY_FILE_RANGE. Inodes are reopened through /proc/self/fd, never by path.
+// READ and WRITE move data between the file and the transport's buffers with
+// preadv/pwritev (node's readvSync/writevSync with a position), without a copy.
+import fs from 'node:fs';
+import {
+  O_ACCMODE, O_APPEND, O_CLOEXEC, O_CREAT, O_DIRECT, O_EXCL, O_NOCTTY, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR,
+  O_TMPFILE, O_TRUNC, O_WRONLY, S_IFREG, close, copyFileRange, dup, fallocate as fallocateCall, fsync as fsyncCall,
+  lseek as lseekCall, openat,
+} from '../sys/file-calls.js';
+import { errnoOf } from '../sys/libc.js';
+import {
+  CopyFileRangeIn, CreateIn, ENTRY_OUT_SIZE, FOPEN, FUSE_FSYNC_FDATASYNC, FUSE_WRITE_KILL_SUIDGID, FallocateIn,
+  FlushIn, FsyncIn, LseekIn, LseekOut, OpenIn, OpenOut, ReadIn, ReleaseIn, WriteIn, WriteOut,
+} from './fuse-abi.js';
+import { newNameRef, parseEntryName } from './names.js';
+import { E, type FsState } from './state.js';
+
+const nameA = newNameRef();
+const offIn = Buffer.alloc(8);
+const offOut = Buffer.alloc(8);
+const DOT = Buffer.from('.\0');
+
+/** Client open flags -> host open flags, per --writeback and --allow-direct-io. */
+export function hostOpenFlags(s: FsState, flags: number): number {
+  let f = flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW | O_PATH);
+  if (s.writeback) {
+    // With a writeback cache the client reads pages of write-only files and handles
+    // O_APPEND itself (it sends the write offsets), as virtiofsd does.
+    if ((f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
+    f &= ~O_APPEND;
+  }
+  if (!s.opts.allowDirectIo) f &= ~O_DIRECT;
+  return f | O_CLOEXEC;
+}
+
+/** FOPEN_* flags for a regular file's open reply, per --cache. */
+export function fopenFlags(s: FsState, flags: number): number {
+  switch (s.opts.cache) {
+    case 'never':
+    case 'metadata':
+      return FOPEN.DIRECT_IO;
+    case 'always':
+      return FOPEN.KEEP_CACHE;
+    default:
+      return s.opts.allowDirectIo && (flags & O_DIRECT) !== 0 ? FOPEN.DIRECT_IO : 0;
+  }
+}
+
+function writesAccess(flags: number): boolean {
+  return (flags & O_ACCMODE) !== O_RDONLY || (flags & O_TRUNC) !== 0;
+}
+
+function openOut(s: FsState, pos: number, fh: number, openFlags: number): void {
+  const out = s.reply.out;
+  out.writeUInt32LE(fh >>> 0, pos + OpenOut.off.fh);
+  out.writeUInt32LE(Math.floor(fh / 0x100000000), pos + OpenOut.off.fh + 4);
+  out.writeUInt32LE(openFlags, pos + OpenOut.off.openFlags);
+  out.writeUInt32LE(0, pos + OpenOut.off.padding);
+}
+
+export function open(s: FsState): number {
+  const req = s.req;
+  const ino = s.inodes.get(req.nodeid);
+  if (ino === undefined) return -E.ENOENT;
+  const flags = req.u32(OpenIn.off.flags);
+  if (s.opts.readonly && writesAccess(flags)) return -E.EROFS;
+  if (!s.reply.reserve(OpenOut.size)) return -E.EIO;
+  const fd = openat(s.procSelfFd, ino.procName, hostOpenFlags(s, flags));
+  if (fd < 0) return fd;
+  const h = s.handles.add(fd, ino);
+  openOut(s, 16, h.fh, fopenFlags(s, flags));
+  return OpenOut.size;
+}
+
+/** CREATE and TMPFILE: entry + open reply for a new file opened as the caller. */
+function createCommon(s: FsState, tmp: boolean): number {
+  const req = s.req;
+  const parent = s.inodes.get(req.nodeid);
+  if (parent === undefined) return -E.ENOENT;
+  const flags = req.u32(CreateIn.off.flags);
+  const mode = req.u32(CreateIn.off.mode) & 0o7777;
+  let name: Buffer = DOT;
+  if (!tmp) {
+    // TMPFILE carries a placeholder name ("/" from vfs_tmpfile); CREATE a real one.
+    const r = parseEntryName(req, req.args + CreateIn.size, nameA);
+    if (r < 0) return r;
+    name = nameA.buf;
+  }
+  if (!s.reply.reserve(ENTRY_OUT_SIZE + OpenOut.size)) return -E.EIO;
+  let hf = hostOpenFlags(s, flags);
+  if ((hf & O_ACCMODE) === O_RDONLY && tmp) hf |= O_RDWR;
+  const hostFlags = tmp ? (hf & ~(O_TRUNC | O_APPEND)) | O_TMPFILE : hf | O_CREAT | O_NOFOLLOW;
+  const fd = s.asCaller(() => openat(parent.fd, name, hostFlags, mode | S_IFREG));
+  if (fd < 0) return fd;
+  // The O_PATH inode is the very file we opened (no second lookup by name to race with).
+  const pfd = openat(s.procSelfFd, Buffer.from(`${fd}\0`), O_PATH | O_CLOEXEC);
+  if (pfd < 0) {
+    close(fd);
+    return pfd;
+  }
+  const ino = s.adopt(pfd);
+  if (typeof ino === 'number') {
+    close(fd);
+    return ino;
+  }
+  const h = s.handles.add(fd, ino);
+  s.writeEntry(s.reply.out, 16, ino, parent);
+  openOut(s, 16 + ENTRY_OUT_SIZE, h.fh, fopenFlags(s, flags));
+  return ENTRY_OUT_SIZE + OpenOut.size;
+}
+
+export function create(s: FsState): number {
+  return createCommon(s, false);
+}
+
+export function tmpfile(s: FsState): number {
+  return createCommon(s, true);
+}
+
+export function read(s: FsState): number {
+  const req = s.req;
+  const h = s.handles.get(req.u64(ReadIn.off.fh));
+  if (h === undefined) return -E.EBADF;
+  if (req.u64Big(ReadIn.off.offset)) return -E.EINVAL;
+  const pos = req.u64(ReadIn.off.offset);
+  const size = s.reply.room(req.u32(ReadIn.off.size));
+  if (size === 0) return 0;
+  const iov = s.reply.dataIov(size);
+  let n: number;
+  try {
+    n = fs.readvSync(h.fd, iov, pos);
+  } catch (err) {
+    return -errnoOf(err);
+  }
+  s.reply.dataInPlace = true;
+  return n;
+}
+
+export function write(s: FsState): number {
+  const req = s.req;
+  const h = s.handles.get(req.u64(WriteIn.off.fh));
+  if (h === undefined) return -E.EBADF;
+  if (s.opts.readonly) return -E.EROFS;
+  if (req.u64Big(WriteIn.off.offset)) return -E.EFBIG;
+  if (!s.reply.reserve(WriteOut.size)) return -E.EIO;
+  const pos = req.u64(WriteIn.off.offset);
+  let n: number;
+  if ((req.u32(WriteIn.off.writeFlags) & FUSE_WRITE_KILL_SUIDGID) !== 0) {
+    // The client asks us to clear setuid/setgid as the host would for a writer without
+    // CAP_FSETID: write with the caller's ids (only this path pays for the switch).
+    n = s.asCaller(() => writev(h.fd, req.payload, pos));
+  } else {
+    n = writev(h.fd, req.payload, pos);
+  }
+  if (n < 0) return n;
+  s.reply.out.writeUInt32LE(n, 16 + WriteOut.off.size);
+  s.reply.out.writeUInt32LE(0, 16 + WriteOut.off.padding);
+  return WriteOut.size;
+}
+
+function writev(fd: number, iov: Buffer[], pos: number): number {
+  try {
+    return iov.length === 0 ? 0 : fs.writevSync(fd, iov, pos);
+  } catch (err) {
+    return -errnoOf(err);
+  }
+}
+
+export function flush(s: FsState): number {
+  const h = s.handles.get(s.req.u64(FlushIn.off.fh));
+  if (h === undefined) return -E.EBADF;
+  // Closing a duplicate gives the host file system the close() it may act on (NFS
+  // flushes, for one) while our fd stays open for later requests.
+  const d = dup(h.fd);
+  if (d < 0) return d;
+  return close(d);
+}
+
+export function release(s: FsState): number {
+  s.handles.release(s.req.u64(ReleaseIn.off.fh));
+  return 0;
+}
+
+export function fsync(s: FsState): number {
+  const h = s.handles.get(s.req.u64(FsyncIn.off.fh));
+  if (h === undefined) return -E.EBADF;
+  return fsyncCall(h.fd, (s.req.u32(FsyncIn.off.fsyncFlags) & FUSE_FSYNC_FDATASYNC) !== 0);
+}
+
+export function fallocate(s: FsState): number {
+  const req = s.req;
+  if (s.opts.readonly) return -E.EROFS;
+  const h = s.handles.get(req.u64(FallocateIn.off.fh));
+  if (h === undefined) return -E.EBADF;
+  if (req.u64Big(FallocateIn.off.offset) || req.u64Big(FallocateIn.off.length)) return -E.EFBIG;
+  return fallocateCall(h.fd, req.u32(FallocateIn.off.mode), req.u64(FallocateIn.off.offset), req.u64(FallocateIn.off.length));
+}
+
+export function lseek(s: FsState): number {
+  const req = s.req;
+  const h = s.handles.get(req.u64(LseekIn.off.fh));
+  if (h === undefined) return -E.EBADF;
+  if (req.u64Big(LseekIn.off.offset)) return -E.ENXIO;
+  if (!s.reply.reserve(LseekOut.size)) return -E.EIO;
+  const r = lseekCall(h.fd, req.u64(LseekIn.off.offset), req.u32(LseekIn.off.whence));
+  if (r < 0) return r;
+  s.reply.out.writeUInt32LE(r >>> 0, 16);
+  s.reply.out.writeUInt32LE(Math.floor(r / 0x100000000), 20);
+  return LseekOut.size;
+}
+
+export function copyFileRangeOp(s: FsState): number {
+  const req = s.req;
+  if (s.opts.readonly) return -E.EROFS;
+  const hin = s.handles.get(req.u64(CopyFileRangeIn.off.fhIn));
+  const hout = s.handles.get(req.u64(CopyFileRangeIn.off.fhOut));
+  if (hin === undefined || hout === undefined) return -E.EBADF;
+  if (!s.reply.reserve(WriteOut.size)) return -E.EIO;
+  offIn.writeBigUInt64LE(req.bigU64(CopyFileRangeIn.off.offIn));
+  offOut.writeBigUInt64LE(req.bigU64(CopyFileRangeIn.off.offOut));
+  // The reply's size is 32 bits: copy at most just under 2 GiB per request.
+  const len = Math.min(req.u64(CopyFileRangeIn.off.len), 0x7ffff000);
+  const flags = Number(req.bigU64(CopyFileRangeIn.off.flags) & 0xffffffffn);
+  const n = copyFileRange(hin.fd, offIn, hout.fd, offOut, len, flags);
+  if (n < 0) return n;
+  s.reply.out.writeUInt32LE(n, 16 + WriteOut.off.size);
+  s.reply.out.writeUInt32LE(0, 16 + WriteOut.off.padding);
+  return WriteOut.size;
+}
+

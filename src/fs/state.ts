@@ -1,0 +1,191 @@
+// The state one FUSE session's operations share (inode/handle tables, scratch buffers,
+// negotiated features, the request being served) and the helpers most operations use:
+// statx into a reusable buffer, fuse_attr/fuse_entry_out encoding, lookup of one name
+// under a parent inode, and running a call with the caller's credentials.
+import { constants as osConstants } from 'node:os';
+import {
+  AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_CLOEXEC, O_NOFOLLOW, O_PATH, STATX_BASIC_STATS, STATX_MNT_ID,
+  STATX_SIZE, STX, S_IFDIR, close, openat, statx,
+} from '../sys/file-calls.js';
+import { setresgidThread, setresuidThread } from '../sys/cred-calls.js';
+import type { FsOptions } from './options.js';
+import { Attr, AttrOutHead, ENTRY_OUT_SIZE, EntryOutHead, FUSE_ATTR_SUBMOUNT } from './fuse-abi.js';
+import { HandleTable, InodeTable, type Inode } from './inodes.js';
+import { Reply, Request } from './request.js';
+import { logger, type Logger } from '../log.js';
+
+export const E = osConstants.errno;
+export const STATX_MASK = STATX_BASIC_STATS | STATX_MNT_ID;
+export const EMPTY_NAME = Buffer.from([0]);
+const A = Attr.off;
+
+export interface Timeouts {
+  entry: number;
+  attr: number;
+}
+
+/** Entry/attribute validity per --cache, as virtiofsd sets them. */
+export function timeoutsFor(cache: FsOptions['cache']): Timeouts {
+  switch (cache) {
+    case 'never': return { entry: 0, attr: 0 };
+    case 'auto': return { entry: 1, attr: 1 };
+    case 'metadata':
+    case 'always': return { entry: 86400, attr: 86400 };
+  }
+}
+
+function copy64(src: Buffer, from: number, dst: Buffer, to: number): void {
+  dst.writeUInt32LE(src.readUInt32LE(from), to);
+  dst.writeUInt32LE(src.readUInt32LE(from + 4), to + 4);
+}
+
+function writeU64(dst: Buffer, to: number, v: number): void {
+  dst.writeUInt32LE(v >>> 0, to);
+  dst.writeUInt32LE(Math.floor(v / 0x100000000), to + 4);
+}
+
+/** Encode fuse_attr at `pos` from a statx buffer. */
+export function writeAttr(stx: Buffer, out: Buffer, pos: number, flags: number): void {
+  copy64(stx, STX.ino, out, pos + A.ino);
+  copy64(stx, STX.size, out, pos + A.size);
+  copy64(stx, STX.blocks, out, pos + A.blocks);
+  copy64(stx, STX.atime, out, pos + A.atime);
+  copy64(stx, STX.mtime, out, pos + A.mtime);
+  copy64(stx, STX.ctime, out, pos + A.ctime);
+  out.writeUInt32LE(stx.readUInt32LE(STX.atime + 8), pos + A.atimensec);
+  out.writeUInt32LE(stx.readUInt32LE(STX.mtime + 8), pos + A.mtimensec);
+  out.writeUInt32LE(stx.readUInt32LE(STX.ctime + 8), pos + A.ctimensec);
+  out.writeUInt32LE(stx.readUInt16LE(STX.mode), pos + A.mode);
+  out.writeUInt32LE(stx.readUInt32LE(STX.nlink), pos + A.nlink);
+  out.writeUInt32LE(stx.readUInt32LE(STX.uid), pos + A.uid);
+  out.writeUInt32LE(stx.readUInt32LE(STX.gid), pos + A.gid);
+  const major = stx.readUInt32LE(STX.rdevMajor);
+  const minor = stx.readUInt32LE(STX.rdevMinor);
+  // The kernel's new_encode_dev, which the client decodes with new_decode_dev.
+  out.writeUInt32LE(((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0, pos + A.rdev);
+  out.writeUInt32LE(stx.readUInt32LE(STX.blksize), pos + A.blksize);
+  out.writeUInt32LE(flags, pos + A.flags);
+}
+
+export class FsState {
+  readonly inodes: InodeTable;
+  readonly handles = new HandleTable();
+  readonly req: Request;
+  readonly reply = new Reply();
+  readonly stx = Buffer.alloc(STATX_SIZE);
+  readonly log: Logger = logger('fs');
+  timeouts: Timeouts;
+  /** Negotiated at INIT. */
+  submounts = false;
+  writeback = false;
+  private readonly euid = process.geteuid?.() ?? 0;
+  private readonly egid = process.getegid?.() ?? 0;
+
+  constructor(readonly rootFd: number, readonly procSelfFd: number, readonly opts: FsOptions, maxRequest: number) {
+    this.req = new Request(maxRequest);
+    const r = statx(rootFd, EMPTY_NAME, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MASK, this.stx);
+    if (r < 0) throw new Error(`statx of the shared directory failed: errno ${-r}`);
+    if ((this.stx.readUInt16LE(STX.mode) & 0o170000) !== S_IFDIR) throw new Error('the shared directory is not a directory');
+    this.inodes = new InodeTable(rootFd, this.stx);
+    this.timeouts = timeoutsFor(opts.cache);
+  }
+
+  /** statx of an inode itself (never following it) into `this.stx`. */
+  statInode(ino: Inode): number {
+    return statx(ino.fd, EMPTY_NAME, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MASK, this.stx);
+  }
+
+  /** fuse_attr_out from `this.stx` into the reply body; returns the body length. */
+  attrOut(): number {
+    const out = this.reply.out;
+    if (!this.reply.reserve(AttrOutHead.size + Attr.size)) return -E.EIO;
+    const p = 16;
+    writeU64(out, p + AttrOutHead.off.attrValid, this.timeouts.attr);
+    out.writeUInt32LE(0, p + AttrOutHead.off.attrValidNsec);
+    out.writeUInt32LE(0, p + AttrOutHead.off.dummy);
+    writeAttr(this.stx, out, p + AttrOutHead.size, 0);
+    return AttrOutHead.size + Attr.size;
+  }
+
+  /** fuse_entry_out for `ino` (attributes from `this.stx`) at absolute `pos` of `out`. */
+  writeEntry(out: Buffer, pos: number, ino: Inode, parent: Inode): void {
+    const O = EntryOutHead.off;
+    writeU64(out, pos + O.nodeid, ino.nodeid);
+    writeU64(out, pos + O.generation, 0);
+    writeU64(out, pos + O.entryValid, this.timeouts.entry);
+    writeU64(out, pos + O.attrValid, this.timeouts.attr);
+    out.writeUInt32LE(0, pos + O.entryValidNsec);
+    out.writeUInt32LE(0, pos + O.attrValidNsec);
+    const sub = this.submounts && ino.type === S_IFDIR && ino.mntId !== parent.mntId ? FUSE_ATTR_SUBMOUNT : 0;
+    writeAttr(this.stx, out, pos + EntryOutHead.size, sub);
+  }
+
+  /** Reply body with one fuse_entry_out. */
+  entryOut(ino: Inode, parent: Inode): number {
+    if (!this.reply.reserve(ENTRY_OUT_SIZE)) return -E.EIO;
+    this.writeEntry(this.reply.out, 16, ino, parent);
+    return ENTRY_OUT_SIZE;
+  }
+
+  /**
+   * Look up one name (NUL-terminated in `name`) under `parent`: adds a lookup to the
+   * inode (new or known) and leaves its statx in `this.stx`. Returns the inode or -errno.
+   */
+  lookupName(parent: Inode, name: Buffer): Inode | number {
+    const r = statx(parent.fd, name, AT_SYMLINK_NOFOLLOW, STATX_MASK, this.stx);
+    if (r < 0) return r;
+    const ino = this.inodes.find(this.stx);
+    if (ino !== undefined) {
+      ino.refs++;
+      return ino;
+    }
+    const fd = openat(parent.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return fd;
+    return this.adopt(fd);
+  }
+
+  /** Make an inode of a fresh O_PATH fd (closing it when the inode is already known). */
+  adopt(fd: number): Inode | number {
+    const r = statx(fd, EMPTY_NAME, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MASK, this.stx);
+    if (r < 0) {
+      close(fd);
+      return r;
+    }
+    const ino = this.inodes.find(this.stx);
+    if (ino !== undefined) {
+      close(fd);
+      ino.refs++;
+      return ino;
+    }
+    return this.inodes.insert(fd, this.stx);
+  }
+
+  /**
+   * Run `fn` with the request's uid/gid as this thread's effective ids (the kernel then
+   * checks permissions and sets ownership as for the caller, and drops CAP_FSETID so a
+   * write clears setuid/setgid). egid first: after euid leaves 0 we could not change it.
+   */
+  asCaller(fn: () => number): number {
+    const uid = this.req.uid;
+    const gid = this.req.gid;
+    if (uid === this.euid && gid === this.egid) return fn();
+    let r = gid === this.egid ? 0 : setresgidThread(-1, gid, -1);
+    if (r < 0) return r;
+    r = uid === this.euid ? 0 : setresuidThread(-1, uid, -1);
+    if (r < 0) {
+      this.restoreIds();
+      return r;
+    }
+    try {
+      return fn();
+    } finally {
+      this.restoreIds();
+    }
+  }
+
+  private restoreIds(): void {
+    const a = setresuidThread(-1, this.euid, -1);
+    const b = setresgidThread(-1, this.egid, -1);
+    if (a < 0 || b < 0) this.log.error(`could not restore the device thread's credentials (errno ${-(a < 0 ? a : b)})`);
+  }
+}

@@ -1,0 +1,33 @@
+// Per-thread credentials and the process umask. glibc's setresuid/setresgid broadcast
+// the change to every thread of the process (POSIX semantics through a signal), but the
+// kernel's credentials are per thread: the FUSE core runs a request as its caller on the
+// device thread alone by calling the raw syscalls. Same return convention as
+// file-calls.ts: the result, or -errno.
+import koffi from 'koffi';
+import { libc } from './libc.js';
+
+const syscall3 = libc.func('syscall', 'long', ['long', 'long', 'long', 'long']);
+const umaskRaw = libc.func('unsigned int umask(unsigned int mask)');
+
+const NR: Record<string, { setresuid: number; setresgid: number }> = {
+  x64: { setresuid: 117, setresgid: 119 },
+  arm64: { setresuid: 147, setresgid: 149 },
+};
+const nr = NR[process.arch];
+if (nr === undefined) throw new Error(`cred-calls: unsupported architecture ${process.arch}`);
+const SYS_SETRESUID = nr.setresuid;
+const SYS_SETRESGID = nr.setresgid;
+
+/** -1 leaves that id unchanged. Applies to the calling thread only. */
+export function setresuidThread(ruid: number, euid: number, suid: number): number {
+  return Number(syscall3(SYS_SETRESUID, ruid, euid, suid)) < 0 ? -koffi.errno() : 0;
+}
+
+export function setresgidThread(rgid: number, egid: number, sgid: number): number {
+  return Number(syscall3(SYS_SETRESGID, rgid, egid, sgid)) < 0 ? -koffi.errno() : 0;
+}
+
+/** Set the process-wide umask (process.umask() cannot set it from a worker thread). */
+export function setUmask(mask: number): number {
+  return umaskRaw(mask);
+}
