@@ -39,8 +39,10 @@ const POLLIN = 0x1;
 
 const { EAGAIN, EINTR, EINVAL, ENAMETOOLONG, ENOBUFS } = osConstants.errno;
 
-/** Most descriptors one message may carry (vhost-user sends at most 8). */
+/** Most descriptors a received message may carry (vhost-user sends at most 8). */
 export const MAX_FDS_PER_MESSAGE = 16;
+/** Most descriptors we send in one message (the kernel's SCM_MAX_FD is 253). */
+export const MAX_FDS_SEND = 64;
 
 // struct sockaddr_un: sa_family_t (u16) then sun_path[108].
 const SUN_PATH_OFFSET = 2;
@@ -50,7 +52,7 @@ const SUN_PATH_MAX = 108;
 const MSGHDR = { name: 0, namelen: 8, iov: 16, iovlen: 24, control: 32, controllen: 40, flags: 48, size: 56 } as const;
 const IOVEC = { base: 0, len: 8, size: 16 } as const;
 const CMSG = { len: 0, level: 8, type: 12, data: 16 } as const;
-const CMSG_SPACE_MAX = CMSG.data + 4 * MAX_FDS_PER_MESSAGE;
+const CMSG_SPACE_MAX = CMSG.data + 4 * MAX_FDS_SEND;
 
 // One native block: msghdr | iovec | control buffer. Addresses never move.
 const NATIVE_HDR_BYTES = MSGHDR.size + IOVEC.size + CMSG_SPACE_MAX;
@@ -104,7 +106,7 @@ export function shutdownSocket(fd: number): void {
 export function recvMsg(fd: number, buf: Buffer, offset: number, length: number, fdsOut: number[], flags = 0): number {
   if (length <= 0) return 0;
   const data = dataArea(length);
-  prepareHeader(data, length, CMSG_SPACE_MAX);
+  prepareHeader(data, length, cmsgSpace(MAX_FDS_PER_MESSAGE));
   const n = Number(recvmsgRaw(fd, nativeHdr, flags | MSG_CMSG_CLOEXEC));
   if (n < 0) {
     const e = lastErrno();
@@ -142,7 +144,7 @@ function collectFds(fdsOut: number[]): number[] {
 
 /** Send `data` with `fds` attached (SCM_RIGHTS). Returns bytes sent; throws on error. */
 export function sendMsg(fd: number, data: Buffer, fds: readonly number[] = [], flags = 0): number {
-  if (fds.length > MAX_FDS_PER_MESSAGE) throw new SysError('sendmsg', EINVAL, `${fds.length} descriptors`);
+  if (fds.length > MAX_FDS_SEND) throw new SysError('sendmsg', EINVAL, `${fds.length} descriptors`);
   const nat = dataArea(Math.max(data.length, 1));
   if (data.length > 0) memcpyToNative(nat, data, data.length);
   const controlLen = fds.length > 0 ? cmsgSpace(fds.length) : 0;
@@ -213,7 +215,9 @@ export interface ListenOptions {
 
 /**
  * Create a listening AF_UNIX stream socket at `socketPath`. A stale socket file left there
- * is removed first; any other kind of file is an error, as with virtiofsd.
+ * is removed first; any other kind of file is an error, as with virtiofsd. The socket is
+ * bound under a temporary name and renamed into place once it listens (and has its group
+ * and mode), so whoever sees the path appear can connect at once.
  */
 export function listenUnix(socketPath: string, opts: ListenOptions = {}): number {
   const dir = path.dirname(path.resolve(socketPath));
@@ -225,22 +229,27 @@ export function listenUnix(socketPath: string, opts: ListenOptions = {}): number
   }
   if (!dirStat.isDirectory()) throw new Error(`cannot create socket ${socketPath}: ${dir} is not a directory`);
   const gid = opts.group !== undefined ? groupId(opts.group) : undefined;
-  const addr = sockaddrUn(socketPath);
+  sockaddrUn(socketPath); // length check before touching anything
   const existing = fs.lstatSync(socketPath, { throwIfNoEntry: false });
-  if (existing !== undefined) {
-    if (!existing.isSocket()) throw new Error(`cannot create socket ${socketPath}: a file that is not a socket is in the way`);
-    fs.unlinkSync(socketPath);
+  if (existing !== undefined && !existing.isSocket()) {
+    throw new Error(`cannot create socket ${socketPath}: a file that is not a socket is in the way`);
   }
+  const tmp = `${socketPath}.${process.pid.toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;
+  const bindPath = Buffer.byteLength(tmp) < SUN_PATH_MAX ? tmp : socketPath;
+  const addr = sockaddrUn(bindPath);
+  if (bindPath === socketPath && existing !== undefined) fs.unlinkSync(socketPath);
   const fd = check(socketRaw(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), 'socket');
   try {
     check(bindRaw(fd, addr, addr.length), 'bind', socketPath);
     if (gid !== undefined) {
-      fs.chownSync(socketPath, -1, gid);
-      fs.chmodSync(socketPath, 0o660);
+      fs.chownSync(bindPath, -1, gid);
+      fs.chmodSync(bindPath, 0o660);
     }
     check(listenRaw(fd, opts.backlog ?? 16), 'listen', socketPath);
+    if (bindPath !== socketPath) fs.renameSync(bindPath, socketPath);
   } catch (err) {
     closeRaw(fd);
+    if (bindPath !== socketPath) fs.rmSync(bindPath, { force: true });
     throw err;
   }
   return fd;

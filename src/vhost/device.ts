@@ -1,0 +1,208 @@
+// The vhost-user-fs device loop. One thread (the daemon's device worker) owns everything:
+// it blocks in epoll_wait over the stop eventfd, the listening socket, the one frontend
+// connection and every queue's kick eventfd, and handles control messages and FUSE
+// requests synchronously, in arrival order. No locks, no request ever in flight across a
+// control message, so the memory table can change between two requests safely. Lifecycle
+// as virtiofsd: wait for one frontend, serve it, return 0 when it disconnects (or when the
+// connection had to be closed for a protocol error, logged) or when stopFd is signalled.
+import { Epoll, eventfdRead, EPOLLIN } from '../sys/event-calls.js';
+import { acceptConnection, closeFd } from '../sys/socket-calls.js';
+import { logger, type Logger } from '../log.js';
+import type { FuseSession } from '../fs/session.js';
+import { VhostUserConnection } from './vhost-user-connection.js';
+import { VhostUserBackend, type KickWatcher } from './vhost-user-backend.js';
+import { DescriptorChain, MAX_QUEUE_SIZE } from './descriptor-chain.js';
+import { checkTag, requestName } from './vhost-user-protocol.js';
+import type { SplitQueue } from './virtqueue.js';
+
+export interface VhostDeviceConfig {
+  /** Listening AF_UNIX socket (from listenUnix or --fd). Not closed by the device. */
+  listenFd: number;
+  /** eventfd: a write makes the loop return 0. */
+  stopFd: number;
+  /** virtio-fs tag served in the config space (enables VHOST_USER_PROTOCOL_F_CONFIG). */
+  tag?: string;
+  /** Builds the FUSE session for a frontend; maxWrite is the largest WRITE we carry. */
+  makeSession: (maxWrite: number) => FuseSession;
+  /** Largest queue size accepted (default and maximum 32768). */
+  queueSizeMax?: number;
+  /** Request queues supported besides the hiprio queue (default 16). */
+  requestQueues?: number;
+}
+
+/** Largest WRITE payload we announce through the session (as virtiofsd: 1 MiB). */
+export const MAX_WRITE = 1 << 20;
+export const DEFAULT_REQUEST_QUEUES = 16;
+
+/** Publish used entries (and maybe interrupt) after this many completions in a row. */
+const USED_BATCH = 32;
+/** Per queue: log the first malformed chains, then one line per this many. */
+const BAD_CHAIN_LOG_FIRST = 20;
+const BAD_CHAIN_LOG_EVERY = 1000;
+
+const TOKEN_STOP = 0;
+const TOKEN_LISTEN = 1;
+const TOKEN_CONN = 2;
+const TOKEN_KICK0 = 16;
+
+class Device implements KickWatcher {
+  readonly backend: VhostUserBackend;
+  private readonly chain = new DescriptorChain();
+  private readonly badChains: number[];
+
+  constructor(
+    private readonly ep: Epoll,
+    readonly conn: VhostUserConnection,
+    private readonly session: FuseSession,
+    private readonly log: Logger,
+    cfg: VhostDeviceConfig,
+    numQueues: number,
+  ) {
+    this.backend = new VhostUserBackend(
+      { log, tag: cfg.tag, numQueues, configRequestQueues: 1, queueSizeMax: Math.min(cfg.queueSizeMax ?? MAX_QUEUE_SIZE, MAX_QUEUE_SIZE) },
+      this,
+    );
+    this.badChains = new Array<number>(numQueues).fill(0);
+  }
+
+  watch(queue: number, fd: number): void {
+    this.ep.add(fd, TOKEN_KICK0 + queue, EPOLLIN);
+  }
+
+  unwatch(_queue: number, fd: number): void {
+    this.ep.remove(fd);
+  }
+
+  /** The connection is readable: handle every message that is there. false: it is over. */
+  onReadable(): { done: false } | { done: true; reason: string } {
+    for (;;) {
+      const r = this.conn.read();
+      if (r === 'again') return { done: false };
+      if (r === 'eof') return { done: true, reason: 'frontend disconnected' };
+      if (r !== 'message') {
+        for (const fd of this.conn.msg.fds) closeFd(fd);
+        this.conn.msg.fds.length = 0;
+        this.log.error(`closing the connection: ${r.error}`);
+        return { done: true, reason: r.error };
+      }
+      const msg = this.conn.msg;
+      this.log.trace(`${requestName(msg.request)} flags 0x${msg.flags.toString(16)} size ${msg.size} fds ${msg.fds.length}`);
+      const out = this.backend.handle(msg, (request, payload) => {
+        if (typeof payload === 'bigint') this.conn.replyU64(request, payload);
+        else this.conn.reply(request, payload);
+      });
+      if (out.close) {
+        this.log.error(`closing the connection: ${out.reason}`);
+        return { done: true, reason: out.reason };
+      }
+      // A message may have started, enabled or re-mapped a ring with requests waiting.
+      for (const q of this.backend.queues) if (q.availableCount() > 0) this.process(q);
+    }
+  }
+
+  onKick(index: number): void {
+    const q = this.backend.queues[index];
+    if (q === undefined) return;
+    if (q.kickFd >= 0) eventfdRead(q.kickFd);
+    this.process(q);
+  }
+
+  /** Serve every available chain of a queue, then re-arm notifications (and recheck). */
+  private process(q: SplitQueue): void {
+    const chain = this.chain;
+    while (q.ready()) {
+      q.disableNotify();
+      while (q.pop(chain)) {
+        q.pushUsed(chain.head, chain.error === undefined ? this.serve(q, chain) : this.reject(q, chain));
+        if (q.pendingUsed >= USED_BATCH) q.flush();
+      }
+      q.flush();
+      if (!q.enableNotify()) break;
+    }
+    chain.reset(0);
+  }
+
+  private serve(q: SplitQueue, chain: DescriptorChain): number {
+    let len: number;
+    try {
+      len = this.session.handle(chain.readable, chain.writable);
+    } catch (err) {
+      this.log.error(`queue ${q.index}: request failed: ${(err as Error).stack ?? String(err)}`);
+      return 0;
+    }
+    if (!Number.isInteger(len) || len < 0 || len > chain.writableBytes) {
+      this.log.error(`queue ${q.index}: session returned reply length ${len} for ${chain.writableBytes} writable bytes`);
+      return 0;
+    }
+    return len;
+  }
+
+  private reject(q: SplitQueue, chain: DescriptorChain): number {
+    const n = ++this.badChains[q.index];
+    if (n <= BAD_CHAIN_LOG_FIRST || n % BAD_CHAIN_LOG_EVERY === 0) {
+      this.log.warn(`queue ${q.index}: malformed descriptor chain (head ${chain.head}) failed with length 0: ${chain.error}${n > BAD_CHAIN_LOG_FIRST ? ` (${n} so far)` : ''}`);
+    }
+    return 0;
+  }
+
+  close(): void {
+    this.backend.close();
+    this.ep.remove(this.conn.fd);
+    this.conn.close();
+  }
+}
+
+/**
+ * Serve one vhost-user frontend on `cfg.listenFd` until it disconnects or `cfg.stopFd` is
+ * signalled; returns the exit code (0). Throws only for a bad configuration.
+ */
+export function runVhostDevice(cfg: VhostDeviceConfig): number {
+  const log = logger('vhost');
+  if (cfg.tag !== undefined) {
+    const bad = checkTag(cfg.tag);
+    if (bad !== undefined) throw new Error(`--tag: ${bad}`);
+  }
+  const requestQueues = cfg.requestQueues ?? DEFAULT_REQUEST_QUEUES;
+  if (!Number.isInteger(requestQueues) || requestQueues < 1 || requestQueues > 255) throw new Error(`requestQueues ${requestQueues}: 1 to 255`);
+  const ep = new Epoll(64);
+  let dev: Device | undefined;
+  try {
+    ep.add(cfg.stopFd, TOKEN_STOP, EPOLLIN);
+    ep.add(cfg.listenFd, TOKEN_LISTEN, EPOLLIN);
+    log.info('waiting for a vhost-user frontend');
+    for (;;) {
+      const n = ep.wait(-1);
+      for (let i = 0; i < n; i++) {
+        const token = ep.token(i);
+        if (token === TOKEN_STOP) {
+          log.info('stop requested');
+          return 0;
+        }
+        if (token === TOKEN_LISTEN) {
+          const fd = acceptConnection(cfg.listenFd);
+          if (fd < 0) continue;
+          if (dev !== undefined) {
+            log.warn('a second frontend tried to connect; refused (one frontend at a time)');
+            closeFd(fd);
+            continue;
+          }
+          const session = cfg.makeSession(MAX_WRITE);
+          dev = new Device(ep, new VhostUserConnection(fd), session, log, cfg, 1 + requestQueues);
+          ep.add(fd, TOKEN_CONN, EPOLLIN);
+          log.info('frontend connected, serving requests');
+        } else if (token === TOKEN_CONN && dev !== undefined) {
+          const r = dev.onReadable();
+          if (r.done) {
+            log.info(`${r.reason}; shutting down`);
+            return 0;
+          }
+        } else if (token >= TOKEN_KICK0 && dev !== undefined) {
+          dev.onKick(token - TOKEN_KICK0);
+        }
+      }
+    }
+  } finally {
+    dev?.close();
+    ep.close();
+  }
+}
