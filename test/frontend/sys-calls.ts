@@ -35,6 +35,7 @@ const SOL_SOCKET = 1;
 const SO_RCVTIMEO = 20;
 const SCM_RIGHTS = 1;
 const MSG_NOSIGNAL = 0x4000;
+export const MSG_PEEK = 0x2;
 const SHUT_RDWR = 2;
 const MFD_CLOEXEC = 1;
 const PROT_READ = 1;
@@ -115,7 +116,7 @@ export interface Received {
 }
 
 /** One recvmsg into `buf` (at most `len` bytes); throws SysError (EAGAIN on timeout). */
-export function recvWithFds(fd: number, buf: Buffer, len = buf.length): Received {
+export function recvWithFds(fd: number, buf: Buffer, len = buf.length, flags = 0): Received {
   const control = Buffer.alloc(CMSG_HDR + 4 * MAX_FDS);
   const target = len === buf.length ? buf : buf.subarray(0, len);
   const iov = [{ iov_base: target, iov_len: len }];
@@ -131,7 +132,7 @@ export function recvWithFds(fd: number, buf: Buffer, len = buf.length): Received
         msg_controllen: control.length,
         msg_flags: 0,
       },
-      0,
+      flags,
     ),
   );
   if (n < 0) throw new SysError('recvmsg', lastErrno());

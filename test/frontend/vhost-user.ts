@@ -2,7 +2,7 @@
 // little-endian payload, fds as SCM_RIGHTS), request/reply with REPLY_ACK, and typed helpers
 // for the messages a virtio-fs frontend sends. Raw send() stays public so robustness tests
 // can send malformed messages.
-import { connectUnix, sendWithFds, recvWithFds, closeFd, shutdownSocket } from './sys-calls.js';
+import { connectUnix, sendWithFds, recvWithFds, closeFd, shutdownSocket, setRecvTimeout, MSG_PEEK } from './sys-calls.js';
 
 export const Req = {
   GET_FEATURES: 1,
@@ -124,7 +124,10 @@ export class VhostUserClient {
   protocolFeatures = 0n;
   private closed = false;
 
-  constructor(socketPath: string, timeoutMs = 10000) {
+  constructor(
+    socketPath: string,
+    readonly timeoutMs = 10000,
+  ) {
     this.fd = connectUnix(socketPath, timeoutMs);
   }
 
@@ -148,7 +151,13 @@ export class VhostUserClient {
     const fds: number[] = [];
     let got = 0;
     while (got < len) {
-      const r = recvWithFds(this.fd, data.subarray(got), len - got);
+      let r;
+      try {
+        r = recvWithFds(this.fd, data.subarray(got), len - got);
+      } catch (e) {
+        if ((e as { code?: string }).code === 'EINTR') continue;
+        throw e;
+      }
       if (r.n === 0) throw new BackendClosed(what);
       got += r.n;
       fds.push(...r.fds);
@@ -200,6 +209,18 @@ export class VhostUserClient {
   setOk(request: number, payload: Buffer = Buffer.alloc(0), fds: readonly number[] = []): void {
     const st = this.set(request, payload, fds);
     if (st !== 0n) throw new Error(`backend refused request ${request} (status ${st})`);
+  }
+
+  /** True when the backend has closed its end (a read would return EOF right away). */
+  peerClosed(): boolean {
+    setRecvTimeout(this.fd, 1);
+    try {
+      return recvWithFds(this.fd, Buffer.alloc(1), 1, MSG_PEEK).n === 0;
+    } catch {
+      return false;
+    } finally {
+      setRecvTimeout(this.fd, this.timeoutMs);
+    }
   }
 
   close(): void {
