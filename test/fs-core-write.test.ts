@@ -224,3 +224,29 @@ test('--readonly: every modifying request is EROFS, reads work', withFs((t, f) =
   t.is(send(f.session, request(Op.FALLOCATE, [struct(FallocateIn, { fh, offset: 0n, length: 10n })], { nodeid }))?.error, erofs);
   t.is(fs.readFileSync(path.join(f.dir, 'r'), 'utf8'), 'data');
 }, { readonly: true }));
+
+test('CREATE with O_EXCL on an existing name is EEXIST; LINK as another uid', withFs((t, f) => {
+  fs.writeFileSync(path.join(f.dir, 'e'), '');
+  const O_EXCL = 0o200;
+  const a = send(f.session, request(Op.CREATE, [struct(CreateIn, { flags: O_RDWR | O_EXCL | 0o100, mode: 0o644 }), cstr('e')]));
+  t.is(a?.error, -17);
+  fs.chmodSync(f.dir, 0o777);
+  const { nodeid } = create(f, 1, 'mine', 0o644, { uid: 1000, gid: 1000 });
+  ok(send(f.session, request(Op.LINK, [struct(LinkIn, { oldnodeid: BigInt(nodeid) }), cstr('mine2')], { uid: 1000, gid: 1000 })));
+  t.is(fs.statSync(path.join(f.dir, 'mine')).nlink, 2);
+}));
+
+test('xattrs of a symlink go through the O_PATH fd, never its target', withFs((t, f) => {
+  fs.writeFileSync(path.join(f.dir, 'target'), '');
+  fs.symlinkSync('target', path.join(f.dir, 'sl'));
+  const nodeid = nodeOf(ok(send(f.session, request(Op.LOOKUP, [cstr('sl')]))));
+  const v = Buffer.from('on-link');
+  ok(send(f.session, request(Op.SETXATTR, [struct(SetxattrIn, { size: v.length }), cstr('trusted.t'), v], { nodeid })));
+  const got = ok(send(f.session, request(Op.GETXATTR, [struct(GetxattrIn, { size: 64 }), cstr('trusted.t')], { nodeid })));
+  t.is(got.body.toString(), 'on-link');
+  const list = ok(send(f.session, request(Op.LISTXATTR, [struct(GetxattrIn, { size: 0 })], { nodeid })));
+  t.true(GetxattrOut.decode(list.body, 0).size >= 10);
+  const tNode = nodeOf(ok(send(f.session, request(Op.LOOKUP, [cstr('target')]))));
+  t.is(send(f.session, request(Op.GETXATTR, [struct(GetxattrIn, { size: 64 }), cstr('trusted.t')], { nodeid: tNode }))?.error, -61);
+  ok(send(f.session, request(Op.REMOVEXATTR, [cstr('trusted.t')], { nodeid })));
+}, { xattr: true }));

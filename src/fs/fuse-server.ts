@@ -3,7 +3,7 @@
 // reply in place; it never throws (a malformed request or an unexpected failure is an
 // errno reply and one warn line). Transports (/dev/fuse, vhost-user) only move bytes.
 import { constants as osConstants } from 'node:os';
-import { setUmask } from '../sys/cred-calls.js';
+import { clearGroupsThread, setUmask } from '../sys/cred-calls.js';
 import type { FsOptions } from './options.js';
 import type { FuseSession, TransportKind } from './session.js';
 import {
@@ -193,9 +193,13 @@ class FuseServer implements FuseSession {
  * Build the FUSE core over the shared directory. Sets the process umask to 0: the
  * client has already applied its caller's umask to every mode it sends, and the host
  * must not mask the result again (process.umask() cannot be set from a worker thread,
- * hence the libc call).
+ * hence the libc call). Also drops the calling thread's supplementary groups, so call
+ * it on the thread that runs handle().
  */
 export function createFuseServer(cfg: FuseServerConfig): FuseSession {
   setUmask(0);
+  // Per thread (raw syscall): must be called on the thread that will serve requests.
+  // EPERM (an unprivileged daemon) is fine: it cannot switch to callers' ids anyway.
+  clearGroupsThread();
   return new FuseServer(cfg);
 }

@@ -122,7 +122,7 @@ export function syncfsOp(s: FsState): number {
 // ---- extended attributes (only with --xattr; the dispatcher answers ENOSYS otherwise) ----
 // Regular files and directories are reopened read-only through /proc/self/fd and use
 // the f*xattr calls; other types (symlinks, fifos, sockets, devices) must not be opened,
-// so they go through the *xattrat syscalls on the O_PATH fd.
+// so they go through the *xattrat syscalls on the inode's /proc/self/fd magic link.
 
 /** xattrFd() result for types that use the *xattrat calls on the O_PATH fd. */
 const SPECIAL = -0x10000;
@@ -162,7 +162,7 @@ export function getxattr(s: FsState): number {
     r = fgetxattr(fd, nameA.buf, value, room);
     close(fd);
   } else {
-    r = special(getxattrAt(ino.fd, nameA.buf, value, room));
+    r = special(getxattrAt(s.procSelfFd, ino.procName, 0, nameA.buf, value, room));
   }
   if (r < 0) return r;
   return size === 0 ? sizeOut(s, r) : r;
@@ -183,7 +183,7 @@ export function listxattr(s: FsState): number {
     r = flistxattr(fd, list, room);
     close(fd);
   } else {
-    r = special(listxattrAt(ino.fd, list, room));
+    r = special(listxattrAt(s.procSelfFd, ino.procName, 0, list, room));
   }
   if (r < 0) return r;
   return size === 0 ? sizeOut(s, r) : r;
@@ -210,7 +210,7 @@ export function setxattr(s: FsState): number {
     r = fsetxattr(fd, nameA.buf, value, size, flags);
     close(fd);
   } else {
-    r = special(setxattrAt(ino.fd, nameA.buf, value, size, flags));
+    r = special(setxattrAt(s.procSelfFd, ino.procName, 0, nameA.buf, value, size, flags));
   }
   return r < 0 ? r : 0;
 }
@@ -227,7 +227,7 @@ export function removexattr(s: FsState): number {
     r = fremovexattr(fd, nameA.buf);
     close(fd);
   } else {
-    r = special(removexattrAt(ino.fd, nameA.buf));
+    r = special(removexattrAt(s.procSelfFd, ino.procName, 0, nameA.buf));
   }
   return r < 0 ? r : 0;
 }

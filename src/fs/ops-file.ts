@@ -4,7 +4,7 @@
 // preadv/pwritev (node's readvSync/writevSync with a position), without a copy.
 import fs from 'node:fs';
 import {
-  O_ACCMODE, O_APPEND, O_CLOEXEC, O_CREAT, O_DIRECT, O_EXCL, O_NOCTTY, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR,
+  O_ACCMODE, O_APPEND, O_NONBLOCK, O_CLOEXEC, O_CREAT, O_DIRECT, O_EXCL, O_NOCTTY, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR,
   O_TMPFILE, O_TRUNC, O_WRONLY, S_IFREG, close, copyFileRange, dup, fallocate as fallocateCall, fsync as fsyncCall,
   lseek as lseekCall, openat,
 } from '../sys/file-calls.js';
@@ -66,7 +66,10 @@ export function open(s: FsState): number {
   const flags = req.u32(OpenIn.off.flags);
   if (s.opts.readonly && writesAccess(flags)) return -E.EROFS;
   if (!s.reply.reserve(OpenOut.size)) return -E.EIO;
-  const fd = openat(s.procSelfFd, ino.procName, hostOpenFlags(s, flags));
+  // A Linux client opens fifos and devices itself; should a request still name one, never
+  // let it block the device thread (a fifo without a writer).
+  const extra = ino.type === S_IFREG ? 0 : O_NONBLOCK;
+  const fd = openat(s.procSelfFd, ino.procName, hostOpenFlags(s, flags) | extra);
   if (fd < 0) return fd;
   const h = s.handles.add(fd, ino);
   openOut(s, 16, h.fh, fopenFlags(s, flags));
@@ -90,8 +93,8 @@ function createCommon(s: FsState, tmp: boolean): number {
   if (!s.reply.reserve(ENTRY_OUT_SIZE + OpenOut.size)) return -E.EIO;
   let hf = hostOpenFlags(s, flags);
   if ((hf & O_ACCMODE) === O_RDONLY && tmp) hf |= O_RDWR;
-  const hostFlags = tmp ? (hf & ~(O_TRUNC | O_APPEND)) | O_TMPFILE : hf | O_CREAT | O_NOFOLLOW;
-  const fd = s.asCaller(() => openat(parent.fd, name, hostFlags, mode | S_IFREG));
+  const hostFlags = tmp ? (hf & ~(O_TRUNC | O_APPEND)) | O_TMPFILE : hf | (flags & O_EXCL) | O_CREAT | O_NOFOLLOW;
+  const fd = s.asCaller(() => openat(parent.fd, name, hostFlags, mode));
   if (fd < 0) return fd;
   // The O_PATH inode is the very file we opened (no second lookup by name to race with).
   const pfd = openat(s.procSelfFd, Buffer.from(`${fd}\0`), O_PATH | O_CLOEXEC);

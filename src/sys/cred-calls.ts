@@ -9,14 +9,15 @@ import { libc } from './libc.js';
 const syscall3 = libc.func('syscall', 'long', ['long', 'long', 'long', 'long']);
 const umaskRaw = libc.func('unsigned int umask(unsigned int mask)');
 
-const NR: Record<string, { setresuid: number; setresgid: number }> = {
-  x64: { setresuid: 117, setresgid: 119 },
-  arm64: { setresuid: 147, setresgid: 149 },
+const NR: Record<string, { setresuid: number; setresgid: number; setgroups: number }> = {
+  x64: { setresuid: 117, setresgid: 119, setgroups: 116 },
+  arm64: { setresuid: 147, setresgid: 149, setgroups: 159 },
 };
 const nr = NR[process.arch];
 if (nr === undefined) throw new Error(`cred-calls: unsupported architecture ${process.arch}`);
 const SYS_SETRESUID = nr.setresuid;
 const SYS_SETRESGID = nr.setresgid;
+const SYS_SETGROUPS = nr.setgroups;
 
 /** -1 leaves that id unchanged. Applies to the calling thread only. */
 export function setresuidThread(ruid: number, euid: number, suid: number): number {
@@ -25,6 +26,14 @@ export function setresuidThread(ruid: number, euid: number, suid: number): numbe
 
 export function setresgidThread(rgid: number, egid: number, sgid: number): number {
   return Number(syscall3(SYS_SETRESGID, rgid, egid, sgid)) < 0 ? -koffi.errno() : 0;
+}
+
+/**
+ * Drop this thread's supplementary groups, so that a request run with a caller's uid/gid
+ * is not also granted the daemon's (root's) groups.
+ */
+export function clearGroupsThread(): number {
+  return Number(syscall3(SYS_SETGROUPS, 0, 0, 0)) < 0 ? -koffi.errno() : 0;
 }
 
 /** Set the process-wide umask (process.umask() cannot set it from a worker thread). */

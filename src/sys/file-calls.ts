@@ -226,8 +226,9 @@ export function fremovexattr(fd: number, name: CStr): number {
 
 // Extended attributes of symlinks and special files cannot go through a reopened fd
 // (opening a fifo or device has side effects, a symlink cannot be opened at all) and
-// node offers no path-relative variant. Linux 6.13 added the *xattrat syscalls, which
-// take (dirfd, "", AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW) on our O_PATH fd; their numbers
+// node offers no path-relative variant. Linux 6.13 added the *xattrat syscalls; they
+// refuse O_PATH fds with AT_EMPTY_PATH, but given (procSelfFd, "<fd>") they follow the
+// /proc magic link onto the inode itself (a symlink stays the symlink). Their numbers
 // are the same on x86_64 and aarch64 (the new generic table). On older kernels they
 // answer ENOSYS, which the core reports as EOPNOTSUPP for those file types.
 const SYS_SETXATTRAT = 463;
@@ -236,41 +237,39 @@ const SYS_LISTXATTRAT = 465;
 const SYS_REMOVEXATTRAT = 466;
 const XATTR_ARGS_SIZE = 16; // struct xattr_args { u64 value; u32 size; u32 flags; }
 const xattrArgs = Buffer.alloc(XATTR_ARGS_SIZE);
-const EMPTY = Buffer.from([0]);
-const ATFLAGS = AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW;
 
 function setXattrArgs(value: Buffer | null, size: number, flags: number): void {
-  xattrArgs.writeBigUInt64LE(value === null ? 0n : BigInt(koffi.address(value)), 0);
+  xattrArgs.writeBigUInt64LE(value === null ? 0n : addr(value), 0);
   xattrArgs.writeUInt32LE(size, 8);
   xattrArgs.writeUInt32LE(flags, 12);
 }
 
-function nameArg(name: CStr): Buffer {
-  return typeof name === 'string' ? Buffer.from(name + '\0') : name;
+function cstrArg(s: CStr): Buffer {
+  return typeof s === 'string' ? Buffer.from(s + '\0') : s;
 }
 
 function addr(b: Buffer): bigint {
   return BigInt(koffi.address(b));
 }
 
-export function getxattrAt(fd: number, name: CStr, value: Buffer | null, size: number): number {
+export function getxattrAt(dirfd: number, path: CStr, atFlags: number, name: CStr, value: Buffer | null, size: number): number {
   setXattrArgs(value, size, 0);
-  const r = Number(syscall6(SYS_GETXATTRAT, fd, addr(EMPTY), ATFLAGS, addr(nameArg(name)), addr(xattrArgs), XATTR_ARGS_SIZE));
+  const r = Number(syscall6(SYS_GETXATTRAT, dirfd, addr(cstrArg(path)), atFlags, addr(cstrArg(name)), addr(xattrArgs), XATTR_ARGS_SIZE));
   return r < 0 ? errno() : r;
 }
 
-export function setxattrAt(fd: number, name: CStr, value: Buffer, size: number, flags: number): number {
+export function setxattrAt(dirfd: number, path: CStr, atFlags: number, name: CStr, value: Buffer, size: number, flags: number): number {
   setXattrArgs(value, size, flags);
-  const r = Number(syscall6(SYS_SETXATTRAT, fd, addr(EMPTY), ATFLAGS, addr(nameArg(name)), addr(xattrArgs), XATTR_ARGS_SIZE));
+  const r = Number(syscall6(SYS_SETXATTRAT, dirfd, addr(cstrArg(path)), atFlags, addr(cstrArg(name)), addr(xattrArgs), XATTR_ARGS_SIZE));
   return r < 0 ? errno() : r;
 }
 
-export function listxattrAt(fd: number, list: Buffer | null, size: number): number {
-  const r = Number(syscall6(SYS_LISTXATTRAT, fd, addr(EMPTY), ATFLAGS, list === null ? 0n : addr(list), size, 0));
+export function listxattrAt(dirfd: number, path: CStr, atFlags: number, list: Buffer | null, size: number): number {
+  const r = Number(syscall6(SYS_LISTXATTRAT, dirfd, addr(cstrArg(path)), atFlags, list === null ? 0n : addr(list), size, 0));
   return r < 0 ? errno() : r;
 }
 
-export function removexattrAt(fd: number, name: CStr): number {
-  const r = Number(syscall6(SYS_REMOVEXATTRAT, fd, addr(EMPTY), ATFLAGS, addr(nameArg(name)), 0, 0));
+export function removexattrAt(dirfd: number, path: CStr, atFlags: number, name: CStr): number {
+  const r = Number(syscall6(SYS_REMOVEXATTRAT, dirfd, addr(cstrArg(path)), atFlags, addr(cstrArg(name)), 0, 0));
   return r < 0 ? errno() : r;
 }
