@@ -1,0 +1,142 @@
+// Shared by the sandbox/launcher tests: start vfs-launch from source as a real process,
+// find the daemon it started (a descendant running the daemon entry), wait until the
+// daemon's main thread has finished its sandbox stage, and read its /proc files from
+// outside. Everything here looks at the kernel's view; nothing is mocked.
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { capabilityMask, resolveCapabilities } from '../src/sandbox/capabilities.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const ROOT = path.resolve(here, '..');
+export const LAUNCHER = path.join(ROOT, 'src', 'launcher', 'main.ts');
+/** Stand-in daemon: the sandbox stage exactly as the daemon runs it, then waits. */
+export const ENTRY = path.join(ROOT, 'test', 'sandbox-entry.ts');
+
+export interface Launched {
+  proc: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export function startLauncher(args: readonly string[], opts: { uid?: number; gid?: number; entry?: string; env?: Record<string, string> } = {}): Launched {
+  const proc = spawn(process.execPath, ['--import', 'tsx', LAUNCHER, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, VFS_DAEMON_ENTRY: opts.entry ?? ENTRY, HOME: os.tmpdir(), ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    uid: opts.uid,
+    gid: opts.gid,
+  });
+  let out = '';
+  let err = '';
+  proc.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
+  proc.stderr?.on('data', (d: Buffer) => { err += d.toString(); });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    proc.on('close', (code, signal) => resolve({ code, signal }));
+  });
+  return { proc, stdout: () => out, stderr: () => err, exited };
+}
+
+function childrenOf(pid: number): number[] {
+  try {
+    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter((s) => s !== '').map(Number);
+  } catch {
+    return [];
+  }
+}
+
+function cmdline(pid: number): string[] {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return [];
+  }
+}
+
+/** The daemon among the launcher's descendants: a node process running `entry`. */
+export function findDaemon(launcherPid: number, entry = ENTRY): number | undefined {
+  const queue = [...childrenOf(launcherPid)];
+  while (queue.length > 0) {
+    const pid = queue.shift() as number;
+    const argv = cmdline(pid);
+    if (argv[0] === process.execPath && argv.includes(entry)) return pid;
+    queue.push(...childrenOf(pid));
+  }
+  return undefined;
+}
+
+export function procStatus(pid: number, task = pid): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of fs.readFileSync(`/proc/${pid}/task/${task}/status`, 'utf8').split('\n')) {
+    const i = line.indexOf(':');
+    if (i > 0) out[line.slice(0, i)] = line.slice(i + 1).trim();
+  }
+  return out;
+}
+
+export function capHex(names: readonly string[]): string {
+  return capabilityMask(names).toString(16).padStart(16, '0');
+}
+
+export function expectedCaps(modcaps?: string): string {
+  return capHex(resolveCapabilities(modcaps));
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Wait until the launcher's daemon exists and its main thread has dropped to `capBnd`
+ * (the last step of the sandbox stage). Throws with the launcher's stderr on timeout.
+ */
+export async function waitSandboxed(l: Launched, capBnd: string, timeoutMs = 150_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < deadline) {
+    if (l.proc.exitCode !== null) throw new Error(`launcher exited ${l.proc.exitCode}: ${l.stderr()}`);
+    const pid = l.proc.pid === undefined ? undefined : findDaemon(l.proc.pid);
+    if (pid !== undefined) {
+      try {
+        const st = procStatus(pid);
+        last = `CapBnd ${st.CapBnd} NoNewPrivs ${st.NoNewPrivs}`;
+        if (st.CapBnd === capBnd && st.NoNewPrivs === '1' && l.stdout().includes('"rootEntries"')) return pid;
+      } catch {
+        // raced with exit; loop
+      }
+    }
+    await sleep(100);
+  }
+  throw new Error(`daemon not sandboxed within ${timeoutMs} ms (${last}); stderr: ${l.stderr()}`);
+}
+
+/** Mount points (field 5) and mount roots (field 4) of a process, from outside. */
+export function mountsOf(pid: number): { root: string; mountPoint: string }[] {
+  return fs.readFileSync(`/proc/${pid}/mountinfo`, 'utf8').trim().split('\n').map((line) => {
+    const f = line.split(' ');
+    return { root: f[3], mountPoint: f[4] };
+  });
+}
+
+export function nsOf(pid: number, ns: string): string {
+  return fs.readlinkSync(`/proc/${pid}/ns/${ns}`);
+}
+
+export async function stopLauncher(l: Launched): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  if (l.proc.exitCode === null && l.proc.signalCode === null) l.proc.kill('SIGTERM');
+  const timer = setTimeout(() => l.proc.kill('SIGKILL'), 15_000);
+  const r = await l.exited;
+  clearTimeout(timer);
+  return r;
+}
+
+export function tempShare(prefix: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  fs.writeFileSync(path.join(dir, 'file'), 'content\n');
+  fs.mkdirSync(path.join(dir, 'sub'));
+  // An absolute symlink: from inside the sandbox it must not reach the host's /etc.
+  fs.symlinkSync('/etc/hostname', path.join(dir, 'abs-link'));
+  return dir;
+}
