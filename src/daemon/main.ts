@@ -1,0 +1,161 @@
+#!/usr/bin/env node
+// The daemon's entry point. It runs the process model of DESIGN.md in order:
+// parse options; open what lives outside the shared dir (the listening socket, the
+// /dev/fuse fd, the seccomp policy); start the device worker (before the sandbox,
+// see worker.ts); enter the sandbox and drop privileges on this thread; let the worker
+// drop its own (capabilities are per-thread); install seccomp with TSYNC over every
+// thread; then let the worker serve. This thread stays in Node's event loop so that
+// SIGTERM/SIGINT become a clean stop.
+import { Worker } from 'node:worker_threads';
+import { fileURLToPath } from 'node:url';
+import { parseDaemonArgs, daemonHelp, UsageError } from './options.js';
+import type { DaemonConfig } from './options.js';
+import type { FromMain, ToMain, TransportSpec } from './worker-messages.js';
+import { logger, setLogLevel, setLogSink } from '../log.js';
+import { eventfd, eventfdWrite } from '../sys/event-calls.js';
+import { listenUnix } from '../sys/socket-calls.js';
+import { mountFuse, unmountFuse } from '../fuse-dev/mount.js';
+import { enterSandbox, dropPrivileges, resolveCapabilities } from '../sandbox/index.js';
+import { prepareSeccomp, installSeccomp } from '../sandbox/seccomp/index.js';
+import { makeForbiddenSyscall } from './test-hooks.js';
+import { capabilitiesDocument } from './capabilities.js';
+
+const log = logger('daemon');
+
+/** Largest WRITE a /dev/fuse mount carries in one request (FUSE_MAX_MAX_PAGES * 4 KiB). */
+const FUSE_DEV_MAX_WRITE = 1024 * 1024;
+
+function startWorker(): Promise<Worker> {
+  // Run from source (tsx), the worker is worker.ts and needs tsx's loader registered in its
+  // own thread (execArgv's --import does not reach a worker's entry); from dist it is worker.js.
+  const fromSource = fileURLToPath(import.meta.url).endsWith('.ts');
+  const entry = new URL(fromSource ? './worker.ts' : './worker.js', import.meta.url);
+  const worker = fromSource
+    ? new Worker(
+      `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((m) => { m.register(); return import(${JSON.stringify(entry.href)}); })`,
+      { eval: true },
+    )
+    : new Worker(entry);
+  return new Promise((resolve, reject) => {
+    const onMessage = (m: ToMain): void => {
+      if (m.type === 'ready') {
+        worker.off('message', onMessage);
+        resolve(worker);
+      }
+    };
+    worker.on('message', onMessage);
+    worker.once('error', reject);
+  });
+}
+
+function request(worker: Worker, msg: FromMain, expect: ToMain['type']): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onMessage = (m: ToMain): void => {
+      if (m.type === expect) {
+        worker.off('message', onMessage);
+        resolve();
+      } else if (m.type === 'failed') {
+        worker.off('message', onMessage);
+        reject(new Error(m.message));
+      }
+    };
+    worker.on('message', onMessage);
+    worker.postMessage(msg);
+  });
+}
+
+/** Open the transport endpoint while the host's file system is still visible. */
+function openTransport(cfg: DaemonConfig): TransportSpec {
+  if (cfg.fuseFd !== undefined) return { kind: 'fuse', devFd: cfg.fuseFd, maxWrite: FUSE_DEV_MAX_WRITE };
+  if (cfg.mountpoint !== undefined) {
+    const devFd = mountFuse({ mountpoint: cfg.mountpoint, sourceName: cfg.sharedDir, allowOther: true });
+    log.info(`mounted ${cfg.sharedDir} on ${cfg.mountpoint}`);
+    return { kind: 'fuse', devFd, maxWrite: FUSE_DEV_MAX_WRITE };
+  }
+  if (cfg.listenFd !== undefined) return { kind: 'vhost', listenFd: cfg.listenFd, tag: cfg.tag };
+  const socketPath = cfg.socketPath as string;
+  const listenFd = listenUnix(socketPath, { group: cfg.socketGroup });
+  log.info(`listening on ${socketPath}`);
+  return { kind: 'vhost', listenFd, tag: cfg.tag };
+}
+
+async function run(argv: string[]): Promise<number> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(daemonHelp());
+    return 0;
+  }
+  const cfg = parseDaemonArgs(argv);
+  if (cfg.printCapabilities) {
+    process.stdout.write(JSON.stringify(capabilitiesDocument(), null, 2) + '\n');
+    return 0;
+  }
+  if (cfg.logLevel === 'off') setLogSink(() => undefined);
+  else setLogLevel(cfg.logLevel);
+
+  const capabilities = resolveCapabilities(cfg.modcaps);
+  const seccomp = process.env.VFS_NO_POLICY_YET ? { mode: "none" as const, files: [] } : prepareSeccomp(cfg.seccomp, cfg.seccompPolicies);
+  const transport = openTransport(cfg);
+  try {
+    const stopFd = eventfd();
+    const worker = await startWorker();
+
+    const sandbox = enterSandbox({ mode: cfg.sandbox, sharedDir: cfg.sharedDir });
+    dropPrivileges({ rlimitNofile: cfg.rlimitNofile, capabilities });
+    await request(worker, { type: 'drop-privileges', capabilities, logLevel: cfg.logLevel }, 'privileges-dropped');
+    installSeccomp(seccomp);
+    if (cfg.testForbiddenSyscall) makeForbiddenSyscall();
+
+    let stopping = false;
+    const stop = (sig: NodeJS.Signals): void => {
+      if (!stopping) log.info(`${sig}: stopping`);
+      stopping = true;
+      eventfdWrite(stopFd);
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+    process.on('SIGHUP', stop);
+
+    return await new Promise<number>((resolve) => {
+      worker.on('message', (m: ToMain) => {
+        if (m.type === 'exit') resolve(m.code);
+        if (m.type === 'failed') resolve(1);
+      });
+      worker.on('error', (err) => {
+        log.error(`device thread failed: ${err.message}`);
+        resolve(1);
+      });
+      worker.postMessage({
+        type: 'serve',
+        rootFd: sandbox.rootFd,
+        procSelfFd: sandbox.procSelfFd,
+        fs: cfg.fs,
+        transport,
+        stopFd,
+      } satisfies FromMain);
+    });
+  } finally {
+    if (cfg.mountpoint !== undefined) unmountMountpoint(cfg.mountpoint);
+  }
+}
+
+/** Undo the daemon's own mount (--mountpoint with --sandbox none) when serving ends. */
+function unmountMountpoint(mountpoint: string): void {
+  try {
+    unmountFuse(mountpoint);
+    log.info(`unmounted ${mountpoint}`);
+  } catch (err) {
+    log.warn(`unmount ${mountpoint}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+run(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    if (err instanceof UsageError) {
+      process.stderr.write(`vfs-daemon: ${err.message}\n`);
+      process.exit(2);
+    }
+    log.error(err instanceof Error ? err.message : String(err));
+    process.exit(1);
+  },
+);
