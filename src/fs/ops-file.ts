@@ -69,7 +69,10 @@ export function open(s: FsState): number {
   // A Linux client opens fifos and devices itself; should a request still name one, never
   // let it block the device thread (a fifo without a writer).
   const extra = ino.type === S_IFREG ? 0 : O_NONBLOCK;
-  const fd = openat(s.procSelfFd, ino.procName, hostOpenFlags(s, flags) | extra);
+  const hf = hostOpenFlags(s, flags) | extra;
+  // With ATOMIC_O_TRUNC the truncation happens here: open as the caller so that, like a
+  // truncation by the host kernel for a caller without CAP_FSETID, it clears setuid/setgid.
+  const fd = (flags & O_TRUNC) !== 0 ? s.asCaller(() => openat(s.procSelfFd, ino.procName, hf)) : openat(s.procSelfFd, ino.procName, hf);
   if (fd < 0) return fd;
   const h = s.handles.add(fd, ino);
   openOut(s, 16, h.fh, fopenFlags(s, flags));
