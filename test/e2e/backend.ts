@@ -140,3 +140,53 @@ export async function startBackend(o: BackendOptions): Promise<Backend> {
   }
   return backend;
 }
+
+/** `pid` and all its descendants, from /proc (the launcher runs the daemon as a grandchild). */
+export function processTree(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    let stat: string;
+    try {
+      stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+    } catch {
+      continue; // exited meanwhile
+    }
+    // Fields after the parenthesised command name: state, ppid, ...
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    const list = children.get(ppid) ?? [];
+    list.push(Number(name));
+    children.set(ppid, list);
+  }
+  const out: number[] = [];
+  const todo = [pid];
+  while (todo.length > 0) {
+    const p = todo.pop() as number;
+    out.push(p);
+    todo.push(...(children.get(p) ?? []));
+  }
+  return out;
+}
+
+/**
+ * "dev:ino" of the root directory of each process in the backend's tree. Following
+ * /proc/PID/root reaches the real directory even across a pivot_root in another mount
+ * namespace (whose readlink text would only say "/").
+ */
+export function processRoots(pid: number): Map<number, string> {
+  const roots = new Map<number, string>();
+  for (const p of processTree(pid)) {
+    try {
+      const st = fs.statSync(`/proc/${p}/root`);
+      roots.set(p, `${st.dev}:${st.ino}`);
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return roots;
+}
+
+export function dirId(p: string): string {
+  const st = fs.statSync(p);
+  return `${st.dev}:${st.ino}`;
+}

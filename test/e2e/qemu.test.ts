@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { bootGuest, findKernel, findQemu, keyed } from './guest.js';
-import { backendKind, startBackend, type Backend, type SandboxMode } from './backend.js';
+import { backendKind, dirId, processRoots, startBackend, type Backend, type SandboxMode } from './backend.js';
 
 const KIND = backendKind();
 const BIG = 64 * 1024 * 1024;
@@ -109,11 +109,13 @@ echo "DONE"
 
 interface HostLive {
   guestTxtWhileMounted?: string;
+  /** Root directories of the backend's processes while it serves the guest. */
+  roots?: string[];
   error?: string;
 }
 
 async function runMode(t: ExecutionContext, mode: SandboxMode): Promise<void> {
-  t.timeout(300_000);
+  t.timeout(600_000);
   // Missing QEMU or kernel must fail the test, not skip it.
   findQemu();
   findKernel();
@@ -136,10 +138,11 @@ async function runMode(t: ExecutionContext, mode: SandboxMode): Promise<void> {
     socketPath: sock1,
     script: SCRIPT_MAIN,
     queueSize: 1024,
-    timeoutMs: 240_000,
+    timeoutMs: 420_000,
     onLine(line) {
       if (line !== 'SYNC_GUEST_READY') return;
       try {
+        live.roots = [...processRoots(d1.pid).values()];
         live.guestTxtWhileMounted = fs.readFileSync(path.join(share, 'guest.txt'), 'utf8');
         fs.writeFileSync(path.join(share, 'host.txt'), 'rewritten by the host while mounted\n');
         fs.writeFileSync(path.join(share, 'live-from-host.txt'), 'written by the host while mounted\n');
@@ -163,8 +166,12 @@ async function runMode(t: ExecutionContext, mode: SandboxMode): Promise<void> {
   t.is(k.get('LIVE'), 'written by the host while mounted');
   t.is(k.get('HOST_TXT_AFTER'), 'rewritten by the host while mounted');
 
-  // Guest writes seen on the host, while mounted and after.
+  // The sandbox was in force while serving: the serving process's root is the share.
   t.is(live.error, undefined);
+  if (mode === 'none') t.deepEqual([...new Set(live.roots)], [dirId('/')], 'no process of a --sandbox none backend changes its root');
+  else t.true(live.roots?.includes(dirId(share)), `no backend process has the share (${dirId(share)}) as its root: ${live.roots?.join(', ')}`);
+
+  // Guest writes seen on the host, while mounted and after.
   t.is(live.guestTxtWhileMounted, 'written by the guest\n');
   t.is(fs.readFileSync(path.join(share, 'guest.txt'), 'utf8'), 'written by the guest\n');
   t.is(k.get('GUEST_OPS'), 'new=rename-me link=../host.txt via=written by the host mode=604 trunc=0123 size=4 gone=0 dirs=gdir/sub,');
@@ -202,7 +209,7 @@ async function runMode(t: ExecutionContext, mode: SandboxMode): Promise<void> {
   const sock2 = path.join(work, 'vfs2.sock');
   const d2 = await startBackend({ kind: KIND, sharedDir: share, socketPath: sock2, sandbox: mode });
   backends.push(d2);
-  const r2 = await bootGuest({ socketPath: sock2, script: SCRIPT_SECOND, queueSize: 1024, timeoutMs: 120_000 });
+  const r2 = await bootGuest({ socketPath: sock2, script: SCRIPT_SECOND, queueSize: 1024, timeoutMs: 180_000 });
   t.log(`${KIND} --sandbox ${mode}: boot 2 share mounted after ${r2.bootMs} ms, total ${r2.totalMs} ms`);
   const k2 = keyed(r2.lines);
   t.is(r2.rc, 0, r2.console);
