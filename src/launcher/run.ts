@@ -8,7 +8,6 @@ import { capabilitiesDocument } from '../daemon/capabilities.js';
 import { daemonHelp } from '../daemon/options.js';
 import type { LogLevel } from '../log.js';
 import { logger, setLogLevel } from '../log.js';
-import { prepareSeccomp } from '../sandbox/seccomp/index.js';
 import type { LaunchPlan } from './args.js';
 import { FUSE_FD_IN_DAEMON, UsageError, launcherHelp, parseLaunchArgs } from './args.js';
 import { describeDaemonEnd } from './exit-status.js';
@@ -26,10 +25,12 @@ export interface LauncherIo {
 
 const FORWARDED_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
 
-function checkSeccompPolicy(plan: LaunchPlan): void {
+async function checkSeccompPolicy(plan: LaunchPlan): Promise<void> {
   const cfg = plan.config;
   if (cfg.seccomp === 'none' && cfg.seccompPolicies.length === 0) return;
   try {
+    // Loaded only when needed: compiling the policy module's syscall tables costs startup time.
+    const { prepareSeccomp } = await import('../sandbox/seccomp/index.js');
     prepareSeccomp(cfg.seccomp, cfg.seccompPolicies);
   } catch (err) {
     const msg = err instanceof Error ? err.message : String(err);
@@ -38,11 +39,11 @@ function checkSeccompPolicy(plan: LaunchPlan): void {
 }
 
 /** Parse + validate only (no side effects). Returns the plan or throws UsageError. */
-export function planLaunch(argv: readonly string[]): LaunchPlan {
+export async function planLaunch(argv: readonly string[]): Promise<LaunchPlan> {
   const plan = parseLaunchArgs(argv);
   if (plan.help || plan.version || plan.printCapabilities) return plan;
   validatePlan(plan);
-  checkSeccompPolicy(plan);
+  await checkSeccompPolicy(plan);
   return plan;
 }
 
@@ -68,7 +69,7 @@ async function mountLocal(plan: LaunchPlan): Promise<{ fd: number; unmount: () =
 export async function runLauncher(argv: readonly string[], io: LauncherIo = process): Promise<number> {
   let plan: LaunchPlan;
   try {
-    plan = planLaunch(argv);
+    plan = await planLaunch(argv);
   } catch (err) {
     if (err instanceof UsageError) {
       io.stderr.write(`vfs-launch: ${err.message}\n`);
