@@ -119,11 +119,11 @@ export function compilePolicy(policy: Policy, opts: CompileOptions): CompiledFil
   const dflt = retLabel(defaultValue);
 
   // Ranges [lo, next lo) with one target each; everything outside the table -> default.
-  const ranges: { lo: number; target: Label }[] = [{ lo: 0, target: dflt }];
+  const ranges: { lo: number; target: Label }[] = [];
   const maxNr = Math.max(...arch.byNumber.keys());
   for (let nr = 0; nr <= maxNr + 1; nr++) {
     const t = targetOf.get(nr) ?? dflt;
-    if (ranges[ranges.length - 1]!.target !== t) ranges.push({ lo: nr, target: t });
+    if (ranges.length === 0 || ranges[ranges.length - 1]!.target !== t) ranges.push({ lo: nr, target: t });
   }
 
   asm.stmt(BPF_LD | BPF_W | BPF_ABS, OFF_ARCH);

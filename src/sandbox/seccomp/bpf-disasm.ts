@@ -94,7 +94,7 @@ export function disassemble(prog: readonly Insn[], opts: DisasmOptions = {}): st
         } else if (a === 'nr') {
           const sym = op === BPF_JEQ ? '==' : op === BPF_JGT ? '>' : op === BPF_JGE ? '>=' : '&';
           const sc = op === BPF_JSET ? (k === 0x40000000 ? 'x32 ABI bit' : '') : (arch?.byNumber.get(k) ?? '');
-          note = `nr ${sym} ${k}${sc ? ` (${sc})` : ''}`;
+          note = `nr ${sym} ${op === BPF_JSET ? hex(k) : k}${sc ? ` (${sc})` : ''}`;
         } else if (a !== UNKNOWN) {
           note = `${a} ${op === BPF_JEQ ? '==' : op === BPF_JGT ? '>' : op === BPF_JGE ? '>=' : '&'} ${hex(k)}`;
         }
