@@ -7,6 +7,7 @@ import path from 'node:path';
 import { UsageError } from '../daemon/options.js';
 import { CapabilityError, resolveCapabilities } from '../sandbox/capabilities.js';
 import type { LaunchPlan } from './args.js';
+import type { IdMap } from './idmap.js';
 
 /** sun_path is 108 bytes including the terminating NUL. */
 const UNIX_PATH_MAX = 107;
@@ -114,6 +115,43 @@ function checkSandbox(plan: LaunchPlan): void {
   if (plan.gidMap !== undefined && !onPath('newgidmap')) {
     throw new UsageError('--gid-map: needs newgidmap; install the uidmap package (apt-get install uidmap)');
   }
+  if (plan.uidMap !== undefined) checkMapAllowed('--uid-map', plan.uidMap);
+  if (plan.gidMap !== undefined) checkMapAllowed('--gid-map', plan.gidMap);
+}
+
+/** Ranges /etc/subuid (or subgid) grants the calling user, by name or number. */
+function subordinateRanges(file: string, ownId: number, ownName: string | undefined): { start: number; count: number }[] {
+  const text = readSysctl(file) ?? '';
+  const out: { start: number; count: number }[] = [];
+  for (const line of text.split('\n')) {
+    const [who, start, count] = line.split(':');
+    if (who === undefined || start === undefined || count === undefined) continue;
+    if (who === String(ownId) || (ownName !== undefined && who === ownName)) out.push({ start: Number(start), count: Number(count) });
+  }
+  return out;
+}
+
+function userName(uid: number): string | undefined {
+  for (const line of (readSysctl('/etc/passwd') ?? '').split('\n')) {
+    const f = line.split(':');
+    if (f.length > 2 && Number(f[2]) === uid) return f[0];
+  }
+  return undefined;
+}
+
+/** newuidmap/newgidmap map the caller's own id freely; other ids need a subordinate range. */
+function checkMapAllowed(option: '--uid-map' | '--gid-map', map: IdMap): void {
+  const uid = process.geteuid?.() ?? 0;
+  const own = option === '--uid-map' ? uid : (process.getegid?.() ?? 0);
+  if (map.count === 1 && map.outer === own) return;
+  const file = option === '--uid-map' ? '/etc/subuid' : '/etc/subgid';
+  const name = userName(uid);
+  const ranges = subordinateRanges(file, uid, name);
+  const end = map.outer + map.count;
+  if (ranges.some((r) => map.outer >= r.start && end <= r.start + r.count)) return;
+  const who = name ?? String(uid);
+  const tool = option === '--uid-map' ? '--add-subuids' : '--add-subgids';
+  throw new UsageError(`${option}: ${file} grants ${who} no range covering ${map.outer}-${end - 1}; add one (usermod ${tool} ${map.outer}-${end - 1} ${who}) or map only your own id (:0:${own}:1:)`);
 }
 
 function checkRlimit(n: number | undefined): void {
