@@ -56,9 +56,15 @@ export async function startDaemon(kind: BackendKind, o: StartOptions): Promise<D
   const logPath = `${socketPath}.${kind}.log`;
   const logFd = fs.openSync(logPath, 'w');
   const common = ['--shared-dir', o.sharedDir, '--socket-path', socketPath, '--sandbox', 'none', ...(o.extraArgs ?? [])];
+  // Extra daemon arguments for a whole run (e.g. VFS_TEST_DAEMON_ARGS="--seccomp none" while debugging).
+  const envArgs = kind === 'vfs' ? (process.env.VFS_TEST_DAEMON_ARGS ?? '').split(' ').filter((a) => a !== '') : [];
+  common.push(...envArgs);
   const proc =
     kind === 'vfs'
-      ? spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'src/daemon/main.ts'), ...common], { cwd: REPO, stdio: ['ignore', logFd, logFd] })
+      ? spawn(process.execPath, ['--import', 'tsx', path.join(REPO, process.env.VFS_TEST_DAEMON === 'entry' ? 'test/frontend/backend-entry.ts' : 'src/daemon/main.ts'), ...common], {
+          cwd: REPO,
+          stdio: ['ignore', logFd, logFd],
+        })
       : spawn(findVirtiofsd(), [...common, '--log-level', 'error'], { stdio: ['ignore', logFd, logFd] });
   fs.closeSync(logFd);
   if (proc.pid === undefined) throw new Error(`could not start ${kind}`);
