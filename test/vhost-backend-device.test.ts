@@ -8,7 +8,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { VirtioFsFrontend, HIPRIO, REQUEST, type FrontendOptions } from './frontend/virtio-fs.js';
 import { Req, FLAG_VERSION, FLAG_NEED_REPLY, vringState, u64 } from './frontend/vhost-user.js';
@@ -221,4 +221,42 @@ test('runVhostDevice returns 0 when stopFd is signalled, and refuses a bad tag',
   eventfdWrite(stopFd);
   t.is(runVhostDevice({ listenFd, stopFd, makeSession: () => ({ destroyed: false, handle: () => 0 }) }), 0);
   t.throws(() => runVhostDevice({ listenFd, stopFd, tag: 'x'.repeat(37), makeSession: () => ({ destroyed: false, handle: () => 0 }) }), { message: /tag/ });
+});
+
+/** The read end of a FIFO whose writer is already gone: readable-with-HUP for ever, not an eventfd. */
+function hungUpFifo(t: { teardown(fn: () => void): void }): number {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhost-backend-fifo-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const p = path.join(dir, 'fifo');
+  execFileSync('mkfifo', [p]);
+  const r = fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  fs.closeSync(fs.openSync(p, 'w'));
+  t.teardown(() => fs.closeSync(r));
+  return r;
+}
+
+test.serial('kick and call descriptors that are not eventfds are dropped with a log line, no spin', async (t) => {
+  const c = await startChild(t);
+  const fe = open(t, c);
+  const q = fe.queues[REQUEST];
+  const ticks = (): number => {
+    const f = fs.readFileSync(`/proc/${c.proc.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return Number(f[11]) + Number(f[12]);
+  };
+  fe.vu.setOk(Req.SET_VRING_KICK, u64(REQUEST), [hungUpFifo(t)]);
+  fe.vu.setOk(Req.SET_VRING_CALL, u64(REQUEST), [hungUpFifo(t)]);
+  const before = ticks();
+  await new Promise((r) => setTimeout(r, 1000));
+  t.true(ticks() - before < 50, 'idle, not spinning on the hung-up descriptor');
+  // The request still completes: the frontend polls the used ring when no interrupt comes.
+  fe.enqueue([request(ECHO, 1n, [Buffer.from('no interrupt')])], [OUT_HEADER + 16]);
+  q.publish();
+  fe.vu.setOk(Req.SET_VRING_KICK, u64(REQUEST), [q.kickFd]);
+  q.kick();
+  t.is(fe.complete()[0].reply?.body.toString(), 'no interrupt');
+  fe.vu.setOk(Req.SET_VRING_CALL, u64(REQUEST), [q.callFd]);
+  t.deepEqual(echo(fe, Buffer.from('back to normal')), Buffer.from('back to normal'));
+  const log = c.log();
+  t.regex(log, /queue 1: kick descriptor hung up; no longer watched/);
+  t.regex(log, /queue 1: cannot signal the call descriptor/);
 });

@@ -35,9 +35,10 @@ const MSG_CTRUNC = 0x8;
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
 const SHUT_RDWR = 2;
-const POLLIN = 0x1;
+export const POLLIN = 0x1;
+export const POLLOUT = 0x4;
 
-const { EAGAIN, EINTR, EINVAL, ENAMETOOLONG, ENOBUFS } = osConstants.errno;
+const { EAGAIN, EINTR, EINVAL, ENAMETOOLONG, ENOBUFS, ETIMEDOUT } = osConstants.errno;
 
 /** Most descriptors a received message may carry (vhost-user sends at most 8). */
 export const MAX_FDS_PER_MESSAGE = 16;
@@ -164,20 +165,41 @@ export function sendMsg(fd: number, data: Buffer, fds: readonly number[] = [], f
   }
 }
 
-/** Send all of `data` (fds with the first chunk). */
-export function sendAll(fd: number, data: Buffer, fds: readonly number[] = []): void {
-  let off = sendMsg(fd, data, fds);
-  while (off < data.length) off += sendMsg(fd, data.subarray(off));
+/**
+ * Send all of `data` (fds with the first chunk). With `timeoutMs`, a peer that stops
+ * reading makes this throw (ETIMEDOUT) instead of blocking the caller for ever.
+ */
+export function sendAll(fd: number, data: Buffer, fds: readonly number[] = [], timeoutMs = -1): void {
+  const flags = timeoutMs >= 0 ? MSG_DONTWAIT : 0;
+  let off = 0;
+  let first = true;
+  while (off < data.length || first) {
+    let n: number;
+    try {
+      n = sendMsg(fd, data.subarray(off), first ? fds : [], flags);
+    } catch (err) {
+      if (!(err instanceof SysError) || err.errno !== EAGAIN) throw err;
+      if (!pollFd(fd, POLLOUT, timeoutMs)) throw new SysError('sendmsg', ETIMEDOUT, `fd ${fd}: peer not reading for ${timeoutMs} ms`);
+      continue;
+    }
+    off += n;
+    first = false;
+  }
 }
 
 /** Wait until fd is readable or timeoutMs passes; true when readable (or hung up). */
 export function pollIn(fd: number, timeoutMs: number): boolean {
+  return pollFd(fd, POLLIN, timeoutMs);
+}
+
+/** Wait for `events` (POLLIN/POLLOUT) on fd for up to timeoutMs (-1: for ever); true when ready. */
+export function pollFd(fd: number, events: number, timeoutMs: number): boolean {
   const pfd = Buffer.alloc(8);
   pfd.writeInt32LE(fd, 0);
-  pfd.writeInt16LE(POLLIN, 4);
+  pfd.writeInt16LE(events, 4);
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const left = Math.max(0, deadline - Date.now());
+    const left = timeoutMs < 0 ? -1 : Math.max(0, deadline - Date.now());
     const n = pollRaw(pfd, 1, left);
     if (n > 0) return true;
     if (n === 0) return false;

@@ -5,7 +5,7 @@
 // control message, so the memory table can change between two requests safely. Lifecycle
 // as virtiofsd: wait for one frontend, serve it, return 0 when it disconnects (or when the
 // connection had to be closed for a protocol error, logged) or when stopFd is signalled.
-import { Epoll, eventfdRead, EPOLLIN } from '../sys/event-calls.js';
+import { Epoll, eventfdRead, EPOLLIN, EPOLLHUP, EPOLLERR } from '../sys/event-calls.js';
 import { acceptConnection, closeFd } from '../sys/socket-calls.js';
 import { logger, type Logger } from '../log.js';
 import type { FuseSession } from '../fs/session.js';
@@ -73,8 +73,21 @@ class Device implements KickWatcher {
     this.ep.remove(fd);
   }
 
-  /** The connection is readable: handle every message that is there. false: it is over. */
+  /** The connection is readable: handle every message that is there, or say it is over. */
   onReadable(): { done: false } | { done: true; reason: string } {
+    try {
+      return this.readMessages();
+    } catch (err) {
+      // A socket error (the frontend vanished mid-reply, a reply it would not read, ...).
+      for (const fd of this.conn.msg.fds) closeFd(fd);
+      this.conn.msg.fds.length = 0;
+      const reason = `connection error: ${(err as Error).message}`;
+      this.log.error(reason);
+      return { done: true, reason };
+    }
+  }
+
+  private readMessages(): { done: false } | { done: true; reason: string } {
     for (;;) {
       const r = this.conn.read();
       if (r === 'again') return { done: false };
@@ -100,11 +113,26 @@ class Device implements KickWatcher {
     }
   }
 
-  onKick(index: number): void {
+  onKick(index: number, events: number): void {
     const q = this.backend.queues[index];
-    if (q === undefined) return;
-    if (q.kickFd >= 0) eventfdRead(q.kickFd);
+    if (q === undefined || q.kickFd < 0) return;
+    try {
+      eventfdRead(q.kickFd);
+    } catch (err) {
+      this.dropKick(q, `cannot be read: ${(err as Error).message}`);
+      return;
+    }
+    if ((events & (EPOLLHUP | EPOLLERR)) !== 0) {
+      // Not an eventfd (a pipe whose writer is gone): it would wake us for ever.
+      this.dropKick(q, 'hung up');
+    }
     this.process(q);
+  }
+
+  private dropKick(q: SplitQueue, why: string): void {
+    this.log.error(`queue ${q.index}: kick descriptor ${why}; no longer watched`);
+    this.unwatch(q.index, q.kickFd);
+    q.replaceFd('kickFd', -1);
   }
 
   /** Serve every available chain of a queue, then re-arm notifications (and recheck). */
@@ -197,7 +225,13 @@ export function runVhostDevice(cfg: VhostDeviceConfig): number {
             return 0;
           }
         } else if (token >= TOKEN_KICK0 && dev !== undefined) {
-          dev.onKick(token - TOKEN_KICK0);
+          try {
+            dev.onKick(token - TOKEN_KICK0, ep.events(i));
+          } catch (err) {
+            // Guest memory is only touched through bounds-checked views, so this is a
+            // failing descriptor (a call eventfd that cannot be written, ...): log, go on.
+            log.error(`queue ${token - TOKEN_KICK0}: ${(err as Error).stack ?? String(err)}`);
+          }
         }
       }
     }

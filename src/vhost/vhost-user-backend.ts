@@ -310,10 +310,17 @@ export class VhostUserBackend {
     if (typeof fds === 'string') return fail(`queue ${index}: ${fds}${noFd ? ' (the no-fd flag is set)' : ''}`);
     const fd = noFd ? -1 : fds[0];
     if (msg.request === Req.SET_VRING_KICK) {
+      if (fd >= 0) {
+        try {
+          this.kicks.watch(index, fd);
+        } catch (err) {
+          closeFd(fd);
+          return fail(`queue ${index}: the kick descriptor cannot be waited on: ${(err as Error).message}`);
+        }
+      }
       if (q.kickFd >= 0) this.kicks.unwatch(index, q.kickFd);
       q.replaceFd('kickFd', fd);
-      if (fd >= 0) this.kicks.watch(index, fd);
-      else this.opts.log.warn(`queue ${index}: no kick descriptor; polling is not supported, the queue is served only on other events`);
+      if (fd < 0) this.opts.log.warn(`queue ${index}: no kick descriptor; polling is not supported, the queue is served only on other events`);
       q.started = true;
       q.broken = false;
     } else if (msg.request === Req.SET_VRING_CALL) {

@@ -8,6 +8,8 @@ import { HEADER, MAX_PAYLOAD, FLAG_VERSION, FLAG_VERSION_MASK, FLAG_REPLY, encod
 
 /** How long to wait for the rest of a message that arrived in pieces. */
 const PARTIAL_TIMEOUT_MS = 1000;
+/** How long a reply may wait for the frontend to make room in the socket. */
+const SEND_TIMEOUT_MS = 5000;
 
 export type ReadResult = 'message' | 'again' | 'eof' | { error: string };
 
@@ -67,14 +69,14 @@ export class VhostUserConnection {
   reply(request: number, payload: Buffer): void {
     encodeHeader(request, FLAG_VERSION | FLAG_REPLY, payload.length, this.out);
     payload.copy(this.out, HEADER.bytes);
-    sendAll(this.fd, this.out.subarray(0, HEADER.bytes + payload.length));
+    sendAll(this.fd, this.out.subarray(0, HEADER.bytes + payload.length), [], SEND_TIMEOUT_MS);
   }
 
   /** Reply with a u64 (GET_* answers and REPLY_ACK status: 0 success, non-zero failure). */
   replyU64(request: number, value: bigint | number): void {
     encodeHeader(request, FLAG_VERSION | FLAG_REPLY, 8, this.out);
     this.out.writeBigUInt64LE(BigInt(value), HEADER.bytes);
-    sendAll(this.fd, this.out.subarray(0, HEADER.bytes + 8));
+    sendAll(this.fd, this.out.subarray(0, HEADER.bytes + 8), [], SEND_TIMEOUT_MS);
   }
 
   close(): void {

@@ -185,7 +185,11 @@ export class SplitQueue {
   markBroken(reason: string): void {
     this.broken = true;
     this.env.log.error(`queue ${this.index}: ${reason}; the queue is stopped until it is reset`);
-    if (this.errFd >= 0) eventfdWrite(this.errFd);
+    try {
+      if (this.errFd >= 0) eventfdWrite(this.errFd);
+    } catch {
+      this.replaceFd('errFd', -1);
+    }
   }
 
   /**
@@ -250,7 +254,14 @@ export class SplitQueue {
 
   /** Interrupt the guest (write the call eventfd). */
   signal(): void {
-    if (this.callFd >= 0) eventfdWrite(this.callFd);
+    if (this.callFd < 0) return;
+    try {
+      eventfdWrite(this.callFd);
+    } catch (err) {
+      // Not an eventfd we can write: the guest would wait for ever either way; say so once.
+      this.env.log.error(`queue ${this.index}: cannot signal the call descriptor (${(err as Error).message}); dropped`);
+      this.replaceFd('callFd', -1);
+    }
   }
 
   /** Publish and interrupt if the guest wants it. */
