@@ -4,7 +4,7 @@
 // cannot express "unknown options belong to the daemon"; the policy audit tools are
 // ordinary clipanion commands under `vfs-launch policy ...`.
 import { Cli, Command, Option } from 'clipanion';
-import type { CommandClass } from 'clipanion';
+import { policyCommands } from './policy-commands.js';
 import { runLauncher } from './run.js';
 
 class LaunchCommand extends Command {
@@ -21,22 +21,10 @@ class LaunchCommand extends Command {
   }
 }
 
-async function extraCommands(): Promise<CommandClass[]> {
-  // The policy tools live in their own module (another owner); register them when present.
-  const spec = './policy-commands.js';
-  try {
-    const mod = (await import(spec)) as { policyCommands?: CommandClass[] };
-    return mod.policyCommands ?? [];
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND') return [];
-    throw err;
-  }
-}
-
 async function main(): Promise<void> {
   const cli = new Cli({ binaryLabel: 'vfs-launch', binaryName: 'vfs-launch', binaryVersion: '0.1.0' });
   cli.register(LaunchCommand);
-  for (const c of await extraCommands()) cli.register(c);
+  for (const c of policyCommands) cli.register(c);
   const code = await cli.run(process.argv.slice(2));
   process.exitCode = code;
 }
