@@ -19,7 +19,8 @@ export const PYTHON = '/usr/bin/python3';
  * How the server is started: 'serve' = test/mount-serve.ts (in-tree stand-in),
  * 'launch' = `vfs-launch --sandbox none --mountpoint` from source.
  */
-export const DRIVER: 'serve' | 'launch' = 'serve';
+export type Driver = 'serve' | 'launch';
+export const DRIVER: Driver = 'serve';
 
 function lazyUnmount(dir: string): void {
   try {
@@ -89,8 +90,8 @@ export interface Server extends Dirs {
 }
 
 /** argv of the server for a shared dir and mountpoint, plus extra server options. */
-export function serverCommand(shared: string, mnt: string, extra: readonly string[] = []): string[] {
-  if (DRIVER === 'serve') {
+export function serverCommand(shared: string, mnt: string, extra: readonly string[] = [], driver: Driver = DRIVER): string[] {
+  if (driver === 'serve') {
     return [process.execPath, '--import', 'tsx', path.join(ROOT, 'test/mount-serve.ts'),
       '--shared-dir', shared, '--mountpoint', mnt, ...extra];
   }
@@ -107,9 +108,9 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 /** Start a server on a fresh dir pair and wait until the mount is there. */
 export async function startServer(extra: readonly string[] = [], dirs: Dirs = makeDirs(),
-  prepare?: (d: Dirs) => void): Promise<Server> {
+  prepare?: (d: Dirs) => void, driver: Driver = DRIVER): Promise<Server> {
   prepare?.(dirs);
-  const argv = serverCommand(dirs.shared, dirs.mnt, extra);
+  const argv = serverCommand(dirs.shared, dirs.mnt, extra, driver);
   const child = spawn(argv[0], argv.slice(1), { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr?.setEncoding('utf8');
@@ -148,10 +149,10 @@ export async function startServer(extra: readonly string[] = [], dirs: Dirs = ma
 
 /** Start a server for one ava test; stopped, unmounted and removed in teardown, pass or fail. */
 export async function mountFor(t: ExecutionContext, extra: readonly string[] = [],
-  prepare?: (d: Dirs) => void): Promise<Server> {
+  prepare?: (d: Dirs) => void, driver: Driver = DRIVER): Promise<Server> {
   const dirs = makeDirs();
   t.teardown(() => dispose(dirs));
-  return startServer(extra, dirs, prepare);
+  return startServer(extra, dirs, prepare, driver);
 }
 
 /** Stop a server (if any) and remove its dirs, making sure nothing stays mounted. */

@@ -4,10 +4,13 @@
 // unmount. The server must never share a thread with code that makes syscalls on the mount.
 //   node --import tsx test/mount-serve.ts --shared-dir DIR --mountpoint MNT [--readonly]
 //        [--xattr] [--no-readdirplus] [--cache never|metadata|auto|always] [--writeback]
+//        [--record-opcodes FILE]   (test instrumentation: per-opcode request and error counts,
+//                                   written as JSON when the loop ends)
 import fs from 'node:fs';
 import { Worker, isMainThread, workerData, parentPort } from 'node:worker_threads';
 import { DEFAULT_FS_OPTIONS, type CachePolicy, type FsOptions } from '../src/fs/options.js';
 import { createFuseServer } from '../src/fs/fuse-server.js';
+import type { FuseSession } from '../src/fs/session.js';
 import { mountFuse, unmountIfMounted } from '../src/fuse-dev/mount.js';
 import { runFuseDeviceLoop, fuseBufferSize } from '../src/fuse-dev/fuse-loop.js';
 import { eventfd, eventfdWrite } from '../src/sys/event-calls.js';
@@ -16,6 +19,7 @@ const O_PATH = 0o10000000;
 const MAX_WRITE = 1 << 20;
 
 interface ServeData {
+  record: string;
   rootFd: number;
   procSelfFd: number;
   devFd: number;
@@ -23,8 +27,9 @@ interface ServeData {
   options: FsOptions;
 }
 
-function parse(argv: string[]): { shared: string; mountpoint: string; options: FsOptions } {
+function parse(argv: string[]): { shared: string; mountpoint: string; record: string; options: FsOptions } {
   const options: FsOptions = { ...DEFAULT_FS_OPTIONS };
+  let record = '';
   let shared = '';
   let mountpoint = '';
   for (let i = 0; i < argv.length; i++) {
@@ -36,9 +41,10 @@ function parse(argv: string[]): { shared: string; mountpoint: string; options: F
     else if (a === '--no-readdirplus') options.readdirplus = false;
     else if (a === '--writeback') options.writeback = true;
     else if (a === '--cache') options.cache = (argv[++i] ?? 'auto') as CachePolicy;
+    else if (a === '--record-opcodes') record = argv[++i] ?? '';
     else throw new Error(`mount-serve: unknown argument ${a}`);
   }
-  return { shared, mountpoint, options };
+  return { shared, mountpoint, record, options };
 }
 
 function main(): void {
@@ -56,7 +62,7 @@ function main(): void {
     process.exit(1);
   }
   const stopFd = eventfd();
-  const data: ServeData = { rootFd, procSelfFd, devFd, stopFd, options: args.options };
+  const data: ServeData = { record: args.record, rootFd, procSelfFd, devFd, stopFd, options: args.options };
   // Node 20 does not carry tsx's loader into workers: register it in the worker first.
   const tsxApi = import.meta.resolve('tsx/esm/api');
   const worker = new Worker(
@@ -78,11 +84,37 @@ function main(): void {
   process.on('SIGINT', stop);
 }
 
+/** Per opcode: requests seen and the errno of each error reply ("-2": count). */
+type OpcodeCounts = Record<number, { calls: number; errors: Record<string, number> }>;
+
+/** Wrap a session to count requests and error replies by opcode (test instrumentation). */
+function recording(session: FuseSession, counts: OpcodeCounts): FuseSession {
+  return {
+    get destroyed() {
+      return session.destroyed;
+    },
+    handle(readable, writable) {
+      const opcode = readable[0].readUInt32LE(4);
+      const n = session.handle(readable, writable);
+      const e = (counts[opcode] ??= { calls: 0, errors: {} });
+      e.calls++;
+      if (n >= 16) {
+        const err = writable[0].readInt32LE(4);
+        if (err !== 0) e.errors[String(err)] = (e.errors[String(err)] ?? 0) + 1;
+      }
+      return n;
+    },
+  };
+}
+
 function serve(d: ServeData): void {
-  const session = createFuseServer({
+  const core = createFuseServer({
     rootFd: d.rootFd, procSelfFd: d.procSelfFd, options: d.options, transport: 'devfuse', maxWrite: MAX_WRITE,
   });
+  const counts: OpcodeCounts = {};
+  const session = d.record !== '' ? recording(core, counts) : core;
   const rc = runFuseDeviceLoop({ devFd: d.devFd, stopFd: d.stopFd, session, bufferSize: fuseBufferSize(MAX_WRITE) });
+  if (d.record !== '') fs.writeFileSync(d.record, JSON.stringify(counts));
   parentPort?.postMessage(rc);
 }
 
