@@ -18,6 +18,17 @@ export function setLogSink(fn: (line: string) => void): void {
   sink = fn;
 }
 
+/** Syslog severities (RFC 5424) of our levels; facility daemon (3). */
+const SYSLOG_SEVERITY: Record<LogLevel, number> = { error: 3, warn: 4, info: 6, debug: 7, trace: 7 };
+const FACILITY_DAEMON = 3;
+
+let syslogSend: ((msg: Buffer) => void) | undefined;
+
+/** Route log lines to syslog through `send` (a connected /dev/log datagram socket). */
+export function useSyslog(send: (msg: Buffer) => void): void {
+  syslogSend = send;
+}
+
 export function logEnabled(level: LogLevel): boolean {
   return ORDER[level] <= threshold;
 }
@@ -33,6 +44,11 @@ export interface Logger {
 export function logger(component: string): Logger {
   const emit = (level: LogLevel, msg: string): void => {
     if (ORDER[level] > threshold) return;
+    if (syslogSend !== undefined) {
+      const pri = FACILITY_DAEMON * 8 + SYSLOG_SEVERITY[level];
+      syslogSend(Buffer.from(`<${pri}>vfs[${process.pid}]: ${component}: ${msg}`));
+      return;
+    }
     sink(`[${new Date().toISOString()}] ${level.toUpperCase()} ${component}: ${msg}`);
   };
   return {

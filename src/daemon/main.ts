@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { parseDaemonArgs, daemonHelp, UsageError } from './options.js';
 import type { DaemonConfig } from './options.js';
 import type { FromMain, ToMain, TransportSpec } from './worker-messages.js';
-import { logger, setLogLevel, setLogSink } from '../log.js';
+import { logger, setLogLevel, setLogSink, useSyslog } from '../log.js';
+import { connectSyslog, sendSyslog } from '../sys/syslog-calls.js';
 import { eventfd, eventfdWrite } from '../sys/event-calls.js';
 import { listenUnix } from '../sys/socket-calls.js';
 import { mountFuse, unmountFuse } from '../fuse-dev/mount.js';
@@ -91,29 +92,37 @@ async function run(argv: string[]): Promise<number> {
   }
   if (cfg.logLevel === 'off') setLogSink(() => undefined);
   else setLogLevel(cfg.logLevel);
+  let syslogFd: number | undefined;
+  if (cfg.syslog) {
+    const fd = connectSyslog();
+    useSyslog((msg) => sendSyslog(fd, msg));
+    syslogFd = fd;
+  }
+
+  // Signals are caught from here on: one that arrives before the device loop runs is
+  // kept in the stop eventfd, and the loop returns at once when it starts.
+  const stopFd = eventfd();
+  let stopping = false;
+  const stop = (sig: NodeJS.Signals): void => {
+    if (!stopping) log.info(`${sig}: stopping`);
+    stopping = true;
+    eventfdWrite(stopFd);
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  process.on('SIGHUP', stop);
 
   const capabilities = resolveCapabilities(cfg.modcaps);
   const seccomp = process.env.VFS_NO_POLICY_YET ? { mode: "none" as const, files: [] } : prepareSeccomp(cfg.seccomp, cfg.seccompPolicies);
   const transport = openTransport(cfg);
   try {
-    const stopFd = eventfd();
     const worker = await startWorker();
 
     const sandbox = enterSandbox({ mode: cfg.sandbox, sharedDir: cfg.sharedDir });
     dropPrivileges({ rlimitNofile: cfg.rlimitNofile, capabilities });
-    await request(worker, { type: 'drop-privileges', capabilities, logLevel: cfg.logLevel }, 'privileges-dropped');
+    await request(worker, { type: 'drop-privileges', capabilities, logLevel: cfg.logLevel, syslogFd }, 'privileges-dropped');
     installSeccomp(seccomp);
     if (cfg.testForbiddenSyscall) makeForbiddenSyscall();
-
-    let stopping = false;
-    const stop = (sig: NodeJS.Signals): void => {
-      if (!stopping) log.info(`${sig}: stopping`);
-      stopping = true;
-      eventfdWrite(stopFd);
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
-    process.on('SIGHUP', stop);
 
     return await new Promise<number>((resolve) => {
       worker.on('message', (m: ToMain) => {

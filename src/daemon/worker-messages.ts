@@ -7,7 +7,7 @@ export type TransportSpec =
   | { kind: 'fuse'; devFd: number; maxWrite: number };
 
 export type FromMain =
-  | { type: 'drop-privileges'; capabilities: readonly string[]; logLevel: LogLevel | 'off' }
+  | { type: 'drop-privileges'; capabilities: readonly string[]; logLevel: LogLevel | 'off'; syslogFd?: number }
   | { type: 'serve'; rootFd: number; procSelfFd: number; fs: FsOptions; transport: TransportSpec; stopFd: number };
 
 export type ToMain =

@@ -11,7 +11,8 @@ import { createFuseServer } from '../fs/fuse-server.js';
 import { runVhostDevice } from '../vhost/device.js';
 import { runFuseDeviceLoop } from '../fuse-dev/fuse-loop.js';
 import { dropPrivileges } from '../sandbox/index.js';
-import { setLogLevel, logger } from '../log.js';
+import { setLogLevel, setLogSink, useSyslog, logger } from '../log.js';
+import { sendSyslog } from '../sys/syslog-calls.js';
 import type { FromMain, ToMain } from './worker-messages.js';
 
 const log = logger('device');
@@ -38,7 +39,12 @@ port.on('message', (m: FromMain) => {
   try {
     switch (m.type) {
       case 'drop-privileges':
-        if (m.logLevel !== 'off') setLogLevel(m.logLevel);
+        if (m.logLevel === 'off') setLogSink(() => undefined);
+        else setLogLevel(m.logLevel);
+        if (m.syslogFd !== undefined) {
+          const fd = m.syslogFd;
+          useSyslog((msg) => sendSyslog(fd, msg));
+        }
         // rlimits and no_new_privs are per process; capabilities are per thread.
         dropPrivileges({ capabilities: m.capabilities, setRlimit: false });
         send({ type: 'privileges-dropped' });
