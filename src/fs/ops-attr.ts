@@ -56,8 +56,8 @@ export function setattr(s: FsState): number {
     if (r < 0) return r;
   }
   if (valid & (FATTR.ATIME | FATTR.MTIME | FATTR.ATIME_NOW | FATTR.MTIME_NOW)) {
-    setTime(times, 0, valid & FATTR.ATIME_NOW, valid & FATTR.ATIME, req.u64(S.atime), req.u32(S.atimensec));
-    setTime(times, 16, valid & FATTR.MTIME_NOW, valid & FATTR.MTIME, req.u64(S.mtime), req.u32(S.mtimensec));
+    setTime(times, 0, valid & FATTR.ATIME_NOW, valid & FATTR.ATIME, req.bigU64(S.atime), req.u32(S.atimensec));
+    setTime(times, 16, valid & FATTR.MTIME_NOW, valid & FATTR.MTIME, req.bigU64(S.mtime), req.u32(S.mtimensec));
     if (fd >= 0) r = futimens(fd, times);
     else if (ino.type === S_IFLNK) r = utimensat(ino.fd, '', times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
     else r = utimensat(s.procSelfFd, ino.procName, times, 0);
@@ -68,8 +68,9 @@ export function setattr(s: FsState): number {
   return s.attrOut();
 }
 
-function setTime(buf: Buffer, pos: number, now: number, set: number, sec: number, nsec: number): void {
-  buf.writeBigInt64LE(BigInt(now || !set ? 0 : sec), pos);
+/** One struct timespec for utimensat; the client's u64 seconds are a signed time_t (pre-1970 is negative). */
+function setTime(buf: Buffer, pos: number, now: number, set: number, sec: bigint, nsec: number): void {
+  buf.writeBigInt64LE(now || !set ? 0n : BigInt.asIntN(64, sec), pos);
   buf.writeBigInt64LE(BigInt(now ? UTIME_NOW : set ? nsec : UTIME_OMIT), pos + 8);
 }
 
