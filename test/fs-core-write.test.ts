@@ -250,3 +250,16 @@ test('xattrs of a symlink go through the O_PATH fd, never its target', withFs((t
   t.is(send(f.session, request(Op.GETXATTR, [struct(GetxattrIn, { size: 64 }), cstr('trusted.t')], { nodeid: tNode }))?.error, -61);
   ok(send(f.session, request(Op.REMOVEXATTR, [cstr('trusted.t')], { nodeid })));
 }, { xattr: true }));
+
+test('OPEN of anything but a regular file is refused (a guest never opens host devices or fifos)', withFs((t, f) => {
+  ok(send(f.session, request(Op.MKNOD, [struct(MknodIn, { mode: 0o020600, rdev: (1 << 8) | 3 }), cstr('null')])));
+  ok(send(f.session, request(Op.MKNOD, [struct(MknodIn, { mode: 0o010600 }), cstr('fifo')])));
+  t.true(fs.lstatSync(path.join(f.dir, 'null')).isCharacterDevice());
+  t.is(fs.lstatSync(path.join(f.dir, 'null')).rdev, fs.statSync('/dev/null').rdev, 'rdev encoding round-trips');
+  for (const [name, err] of [['null', -6], ['fifo', -6]] as const) {
+    const nodeid = nodeOf(ok(send(f.session, request(Op.LOOKUP, [cstr(name)]))));
+    t.is(send(f.session, request(Op.OPEN, [struct(OpenIn, { flags: O_RDWR })], { nodeid }))?.error, err, name);
+  }
+  t.is(send(f.session, request(Op.OPEN, [struct(OpenIn, { flags: 0 })], { nodeid: 1 }))?.error, -21);
+  ok(send(f.session, request(Op.SYNCFS, [Buffer.alloc(8)])));
+}));

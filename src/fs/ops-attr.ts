@@ -110,7 +110,9 @@ export function access(s: FsState): number {
 }
 
 export function syncfsOp(s: FsState): number {
-  const ino = s.inodes.get(s.req.nodeid) ?? s.inodes.root;
+  const known = s.inodes.get(s.req.nodeid);
+  // Only directories and regular files are reopened (never a device node or fifo).
+  const ino = known !== undefined && (known.type === S_IFDIR || known.type === S_IFREG) ? known : s.inodes.root;
   // syncfs() refuses O_PATH fds: reopen the inode (a directory or a file) for it.
   const flags = (ino.type === S_IFDIR ? O_DIRECTORY : 0) | O_RDONLY | O_NONBLOCK | O_CLOEXEC;
   const fd = openat(s.procSelfFd, ino.procName, flags);

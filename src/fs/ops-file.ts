@@ -4,8 +4,8 @@
 // preadv/pwritev (node's readvSync/writevSync with a position), without a copy.
 import fs from 'node:fs';
 import {
-  O_ACCMODE, O_APPEND, O_NONBLOCK, O_CLOEXEC, O_CREAT, O_DIRECT, O_EXCL, O_NOCTTY, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR,
-  O_TMPFILE, O_TRUNC, O_WRONLY, S_IFREG, close, copyFileRange, dup, fallocate as fallocateCall, fsync as fsyncCall,
+  O_ACCMODE, O_APPEND, O_CLOEXEC, O_CREAT, O_DIRECT, O_EXCL, O_NOCTTY, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR,
+  O_TMPFILE, O_TRUNC, O_WRONLY, S_IFDIR, S_IFREG, close, copyFileRange, dup, fallocate as fallocateCall, fsync as fsyncCall,
   lseek as lseekCall, openat,
 } from '../sys/file-calls.js';
 import { errnoOf } from '../sys/libc.js';
@@ -66,10 +66,12 @@ export function open(s: FsState): number {
   const flags = req.u32(OpenIn.off.flags);
   if (s.opts.readonly && writesAccess(flags)) return -E.EROFS;
   if (!s.reply.reserve(OpenOut.size)) return -E.EIO;
-  // A Linux client opens fifos and devices itself; should a request still name one, never
-  // let it block the device thread (a fifo without a writer).
-  const extra = ino.type === S_IFREG ? 0 : O_NONBLOCK;
-  const hf = hostOpenFlags(s, flags) | extra;
+  // A FUSE client opens fifos, sockets and device nodes itself (init_special_inode) and
+  // directories with OPENDIR: OPEN only ever names a regular file. Refusing the rest keeps
+  // a hostile guest from opening a host device node it created in the share, or from
+  // blocking the device thread on a fifo without a writer.
+  if (ino.type !== S_IFREG) return ino.type === S_IFDIR ? -E.EISDIR : -E.ENXIO;
+  const hf = hostOpenFlags(s, flags);
   // With ATOMIC_O_TRUNC the truncation happens here: open as the caller so that, like a
   // truncation by the host kernel for a caller without CAP_FSETID, it clears setuid/setgid.
   const fd = (flags & O_TRUNC) !== 0 ? s.asCaller(() => openat(s.procSelfFd, ino.procName, hf)) : openat(s.procSelfFd, ino.procName, hf);
