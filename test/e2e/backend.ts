@@ -1,7 +1,8 @@
 // Starts the vhost-user-fs backend a test guest connects to: our daemon (through vfs-launch
 // once it exists, else the daemon entry directly) or the reference Rust virtiofsd fetched by
 // scripts/fetch-virtiofsd.sh, so the same end-to-end checks can be run against both.
-// VFS_E2E_BACKEND=reference selects the reference; the default is ours.
+// VFS_E2E_BACKEND=reference selects the reference; the default is ours. VFS_E2E_LAUNCHER_ARGS
+// adds launcher options (space-separated, e.g. "--seccomp log") to runs of ours.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -62,7 +63,8 @@ export function backendCommand(o: BackendOptions): string[] {
   const node = [process.execPath, '--import', 'tsx'];
   const launcher = path.join(REPO_ROOT, 'src/launcher/main.ts');
   if (fs.existsSync(launcher)) {
-    return [...node, launcher, '--shared-dir', o.sharedDir, '--sandbox', o.sandbox, '--', '--socket-path', o.socketPath, ...extra];
+    const launcherArgs = (process.env.VFS_E2E_LAUNCHER_ARGS ?? '').split(/\s+/).filter((a) => a.length > 0);
+    return [...node, launcher, '--shared-dir', o.sharedDir, '--sandbox', o.sandbox, ...launcherArgs, '--', '--socket-path', o.socketPath, ...extra];
   }
   const daemon = path.join(REPO_ROOT, 'src/daemon/main.ts');
   return [...node, daemon, '--shared-dir', o.sharedDir, '--socket-path', o.socketPath, '--sandbox', o.sandbox, ...extra];
