@@ -7,7 +7,7 @@ import path from 'node:path';
 import {
   Attr, AttrOutHead, CopyFileRangeIn, CreateIn, ENTRY_OUT_SIZE, EntryOutHead, FATTR, FallocateIn, GetxattrIn,
   GetxattrOut, Kstatfs, LinkIn, LseekIn, LseekOut, MkdirIn, MknodIn, Op, OpenIn, OpenOut, ReadIn, Rename2In,
-  RenameIn, SetattrIn, SetxattrIn, WriteIn, WriteOut, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT,
+  RenameIn, SetattrIn, SetxattrIn, WriteIn, WriteOut, AccessIn, FlushIn, FsyncIn, ReleaseIn, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT,
 } from '../src/fs/fuse-abi.js';
 import { makeFs, init, send, request, struct, cstr, split, type TestFs, type Answer, type ReqOpts } from './fs-helpers.js';
 
@@ -262,4 +262,29 @@ test('OPEN of anything but a regular file is refused (a guest never opens host d
   }
   t.is(send(f.session, request(Op.OPEN, [struct(OpenIn, { flags: 0 })], { nodeid: 1 }))?.error, -21);
   ok(send(f.session, request(Op.SYNCFS, [Buffer.alloc(8)])));
+}));
+
+test('ACCESS checks the caller against the mode bits; FLUSH, FSYNC, FSYNCDIR, RELEASEDIR succeed', withFs((t, f) => {
+  const p = path.join(f.dir, 'acc');
+  fs.writeFileSync(p, '');
+  fs.chmodSync(p, 0o640);
+  fs.chownSync(p, 1000, 2000);
+  const nodeid = nodeOf(ok(send(f.session, request(Op.LOOKUP, [cstr('acc')]))));
+  const access = (mask: number, uid: number, gid: number) =>
+    send(f.session, request(Op.ACCESS, [struct(AccessIn, { mask })], { nodeid, uid, gid }))?.error;
+  t.is(access(6, 1000, 1000), 0, 'owner rw');
+  t.is(access(1, 1000, 1000), -13, 'owner has no x');
+  t.is(access(4, 1500, 2000), 0, 'group r');
+  t.is(access(2, 1500, 2000), -13, 'group no w');
+  t.is(access(4, 1500, 1500), -13, 'other nothing');
+  t.is(access(6, 0, 0), 0, 'root rw');
+  t.is(access(1, 0, 0), -13, 'root needs some x bit');
+  t.is(access(0, 1500, 1500), 0, 'F_OK');
+  const fh = OpenOut.decode(ok(send(f.session, request(Op.OPEN, [struct(OpenIn, { flags: O_RDWR })], { nodeid }))).body, 0).fh;
+  ok(send(f.session, request(Op.FLUSH, [struct(FlushIn, { fh })], { nodeid })));
+  ok(send(f.session, request(Op.FSYNC, [struct(FsyncIn, { fh, fsyncFlags: 1 })], { nodeid })));
+  const dh = OpenOut.decode(ok(send(f.session, request(Op.OPENDIR, [struct(OpenIn, {})]))).body, 0).fh;
+  ok(send(f.session, request(Op.FSYNCDIR, [struct(FsyncIn, { fh: dh })])));
+  ok(send(f.session, request(Op.RELEASEDIR, [struct(ReleaseIn, { fh: dh })])));
+  t.is(send(f.session, request(Op.FSYNCDIR, [struct(FsyncIn, { fh: dh })]))?.error, -9);
 }));

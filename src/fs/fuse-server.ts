@@ -11,6 +11,7 @@ import {
 } from './fuse-abi.js';
 import { NO_REPLY } from './request.js';
 import { FsState } from './state.js';
+import { logEnabled } from '../log.js';
 import * as entry from './ops-entry.js';
 import * as file from './ops-file.js';
 import * as dir from './ops-dir.js';
@@ -112,6 +113,10 @@ class FuseServer implements FuseSession {
     } catch (err) {
       s.log.warn(`${opName.get(req.opcode) ?? `opcode ${req.opcode}`} failed: ${err instanceof Error ? err.message : String(err)}`);
       result = -E.EIO;
+    }
+    if (logEnabled('trace')) {
+      s.log.trace(`${opName.get(req.opcode) ?? req.opcode} unique ${req.uniqueLo + req.uniqueHi * 0x100000000} ` +
+        `node ${req.nodeid} uid ${req.uid} -> ${result === NO_REPLY ? 'no reply' : result < 0 ? `errno ${-result}` : `${result} bytes`}`);
     }
     if (result === NO_REPLY) return 0;
     try {
