@@ -8,7 +8,8 @@
 #   scripts/demo.sh [DEMO_DIR]     as root, after scripts/setup.sh (or npm ci && npm run build)
 #
 # DEMO_DIR defaults to a new directory under /tmp and is kept for a look afterwards.
-# VFS_DEMO_SANDBOX=namespace|chroot|none picks the sandbox; --reference runs the reference
+# VFS_DEMO_SANDBOX=namespace|chroot|none picks the sandbox, VFS_DEMO_LAUNCHER_ARGS adds
+# launcher options (e.g. "--seccomp log --log-level debug"); --reference runs the reference
 # virtiofsd (scripts/fetch-virtiofsd.sh) instead of vfs, for comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +55,8 @@ say "host md5sum photos/cat.jpg: $(md5sum "$demo/photos/cat.jpg" | cut -d' ' -f1
 if [ "$reference" = 1 ]; then
   cmd=("$(bash scripts/fetch-virtiofsd.sh)" --shared-dir "$demo" --socket-path "$sock" --sandbox "$sandbox")
 else
-  cmd=(node dist/launcher/main.js --shared-dir "$demo" --sandbox "$sandbox" -- --socket-path "$sock")
+  read -ra extra <<<"${VFS_DEMO_LAUNCHER_ARGS:-}"
+  cmd=(node dist/launcher/main.js --shared-dir "$demo" --sandbox "$sandbox" "${extra[@]}" -- --socket-path "$sock")
 fi
 say "starting: ${cmd[*]}"
 UV_USE_IO_URING=0 "${cmd[@]}" >"$work/daemon.log" 2>&1 &
