@@ -2,7 +2,7 @@
 // find the daemon it started (a descendant running the daemon entry), wait until the
 // daemon's main thread has finished its sandbox stage, and read its /proc files from
 // outside. Everything here looks at the kernel's view; nothing is mocked.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -23,10 +23,17 @@ export interface Launched {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+/** The real daemon (vfs-launch's default entry when run from source). */
+export const DAEMON = path.join(ROOT, 'src', 'daemon', 'main.ts');
+
 export function startLauncher(args: readonly string[], opts: { uid?: number; gid?: number; entry?: string; env?: Record<string, string> } = {}): Launched {
+  const entry = opts.entry ?? ENTRY;
+  const env: Record<string, string | undefined> = { ...process.env, HOME: os.tmpdir(), ...opts.env };
+  if (entry === DAEMON) delete env.VFS_DAEMON_ENTRY;
+  else env.VFS_DAEMON_ENTRY = entry;
   const proc = spawn(process.execPath, ['--import', 'tsx', LAUNCHER, ...args], {
     cwd: ROOT,
-    env: { ...process.env, VFS_DAEMON_ENTRY: opts.entry ?? ENTRY, HOME: os.tmpdir(), ...opts.env },
+    env,
     stdio: ['ignore', 'pipe', 'pipe'],
     uid: opts.uid,
     gid: opts.gid,
@@ -92,17 +99,18 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  * Wait until the launcher's daemon exists and its main thread has dropped to `capBnd`
  * (the last step of the sandbox stage). Throws with the launcher's stderr on timeout.
  */
-export async function waitSandboxed(l: Launched, capBnd: string, timeoutMs = 150_000): Promise<number> {
+export async function waitSandboxed(l: Launched, capBnd: string, timeoutMs = 150_000,
+  entry = ENTRY, ready: (pid: number) => boolean = () => l.stdout().includes('"rootEntries"')): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   while (Date.now() < deadline) {
     if (l.proc.exitCode !== null) throw new Error(`launcher exited ${l.proc.exitCode}: ${l.stderr()}`);
-    const pid = l.proc.pid === undefined ? undefined : findDaemon(l.proc.pid);
+    const pid = l.proc.pid === undefined ? undefined : findDaemon(l.proc.pid, entry);
     if (pid !== undefined) {
       try {
         const st = procStatus(pid);
         last = `CapBnd ${st.CapBnd} NoNewPrivs ${st.NoNewPrivs}`;
-        if (st.CapBnd === capBnd && st.NoNewPrivs === '1' && l.stdout().includes('"rootEntries"')) return pid;
+        if (st.CapBnd === capBnd && st.NoNewPrivs === '1' && ready(pid)) return pid;
       } catch {
         // raced with exit; loop
       }
@@ -139,4 +147,23 @@ export function tempShare(prefix: string): string {
   // An absolute symlink: from inside the sandbox it must not reach the host's /etc.
   fs.symlinkSync('/etc/hostname', path.join(dir, 'abs-link'));
   return dir;
+}
+
+/** The ordinary user the unprivileged tests run as; created (useradd) when missing. */
+export const TEST_USER = 'vfs-sbx-test';
+
+export function ensureUser(): { uid: number; gid: number } {
+  try {
+    execFileSync('id', ['-u', TEST_USER], { stdio: 'ignore' });
+  } catch {
+    try {
+      execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', TEST_USER], { stdio: 'pipe' });
+    } catch (err) {
+      // Another test file may have created it at the same moment.
+      if (!/already exists/.test(String((err as { stderr?: Buffer }).stderr ?? ''))) throw err;
+    }
+  }
+  const uid = Number(execFileSync('id', ['-u', TEST_USER], { encoding: 'utf8' }).trim());
+  const gid = Number(execFileSync('id', ['-g', TEST_USER], { encoding: 'utf8' }).trim());
+  return { uid, gid };
 }

@@ -9,25 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { userNamespaceBlocker } from '../src/launcher/validate.js';
-import { expectedCaps, mountsOf, nsOf, procStatus, startLauncher, stopLauncher, tempShare, waitSandboxed } from './sandbox-helpers.js';
-
-const USER = 'vfs-sbx-test';
-
-function ensureUser(): { uid: number; gid: number } {
-  try {
-    execFileSync('id', ['-u', USER], { stdio: 'ignore' });
-  } catch {
-    try {
-      execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', USER], { stdio: 'pipe' });
-    } catch (err) {
-      // Another test file may have created it at the same moment.
-      if (!/already exists/.test(String((err as { stderr?: Buffer }).stderr ?? ''))) throw err;
-    }
-  }
-  const uid = Number(execFileSync('id', ['-u', USER], { encoding: 'utf8' }).trim());
-  const gid = Number(execFileSync('id', ['-g', USER], { encoding: 'utf8' }).trim());
-  return { uid, gid };
-}
+import { LAUNCHER, ensureUser, expectedCaps, mountsOf, nsOf, procStatus, startLauncher, stopLauncher, tempShare, waitSandboxed } from './sandbox-helpers.js';
 
 const who = ensureUser();
 
@@ -94,7 +76,7 @@ test('unprivileged: chroot and a foreign uid range are refused before anything s
   const { share, sockDir } = userShare(t);
   const run = (args: string[]): { status: number | null; stderr: string } => {
     try {
-      execFileSync(process.execPath, ['--import', 'tsx', path.resolve('src/launcher/main.ts'), ...args], { uid: who.uid, gid: who.gid, stdio: 'pipe', env: { ...process.env, HOME: os.tmpdir() } });
+      execFileSync(process.execPath, ['--import', 'tsx', LAUNCHER, ...args], { uid: who.uid, gid: who.gid, stdio: 'pipe', env: { ...process.env, HOME: os.tmpdir() } });
       return { status: 0, stderr: '' };
     } catch (err) {
       const e = err as { status: number | null; stderr: Buffer };

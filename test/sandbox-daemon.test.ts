@@ -1,0 +1,142 @@
+// The real daemon (src/daemon/main.ts) under vfs-launch, sandboxed, checked from outside
+// and used: through the vhost-user test frontend (root and unprivileged) and through a
+// FUSE mount the launcher makes in the host namespace. Host paths stay unreachable
+// (".." of the root, a marker beside the share), ownership is mapped, every thread of the
+// daemon has no_new_privs, and the device thread dropped to the kept set like the main one.
+import test from 'ava';
+import type { ExecutionContext } from 'ava';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { VirtioFsFrontend } from './frontend/virtio-fs.js';
+import { FuseClient, FuseError } from './frontend/fuse-client.js';
+import { ROOT_ID } from './frontend/fuse-requests.js';
+import { DAEMON, ROOT, ensureUser, expectedCaps, mountsOf, nsOf, procStatus, startLauncher, stopLauncher, waitSandboxed } from './sandbox-helpers.js';
+import type { Launched } from './sandbox-helpers.js';
+
+const MARKER = 'outside-marker';
+
+/** With the project's full policy, run under --seccomp kill; before it exists, without seccomp. */
+function seccomp(): { args: string[]; env: Record<string, string>; on: boolean } {
+  if (fs.existsSync(path.join(ROOT, 'policies', 'file-server.json'))) return { args: ['--seccomp', 'kill'], env: {}, on: true };
+  return { args: ['--seccomp', 'none'], env: { VFS_NO_POLICY_YET: '1' }, on: false };
+}
+
+function setup(t: ExecutionContext, owner?: { uid: number; gid: number }): { parent: string; share: string; sock: string } {
+  const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'vfs-sbx-daemon-'));
+  t.teardown(() => fs.rmSync(parent, { recursive: true, force: true }));
+  const share = path.join(parent, 'share');
+  fs.mkdirSync(share);
+  fs.writeFileSync(path.join(parent, MARKER), 'must stay unreachable\n');
+  fs.writeFileSync(path.join(share, 'file'), 'content\n');
+  fs.symlinkSync('/etc/hostname', path.join(share, 'abs-link'));
+  const sockDir = path.join(parent, 'sock');
+  fs.mkdirSync(sockDir);
+  if (owner !== undefined) {
+    fs.chmodSync(parent, 0o755);
+    for (const p of [share, path.join(share, 'file'), sockDir]) fs.chownSync(p, owner.uid, owner.gid);
+  }
+  return { parent, share, sock: path.join(sockDir, 'vfs.sock') };
+}
+
+async function waitDaemon(l: Launched, ready: (pid: number) => boolean, modcaps?: string): Promise<number> {
+  const sc = seccomp();
+  return waitSandboxed(l, expectedCaps(modcaps), 150_000, DAEMON, (pid) => ready(pid) && (!sc.on || procStatus(pid).Seccomp === '2'));
+}
+
+function checkThreads(t: ExecutionContext, pid: number): void {
+  const caps = expectedCaps();
+  let dropped = 0;
+  for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
+    const st = procStatus(pid, Number(task));
+    t.is(st.NoNewPrivs, '1', `thread ${task}`);
+    if (seccomp().on) t.is(st.Seccomp, '2', `thread ${task} filtered`);
+    if (st.CapEff === caps && st.CapBnd === caps) dropped++;
+  }
+  // The main thread and the device thread (capset is per thread).
+  t.true(dropped >= 2, `threads at the kept set: ${dropped}`);
+}
+
+function connect(t: ExecutionContext, sock: string): FuseClient {
+  const fe = VirtioFsFrontend.open({ socketPath: sock });
+  t.teardown(() => fe.close());
+  const c = new FuseClient(fe);
+  c.doInit();
+  return c;
+}
+
+function errnoOf(fn: () => unknown): number | undefined {
+  try {
+    fn();
+    return undefined;
+  } catch (err) {
+    if (err instanceof FuseError) return err.errno;
+    throw err;
+  }
+}
+
+test.serial('root, namespace: the daemon serves only the share; ".." and host paths are unreachable', async (t) => {
+  const { parent, share, sock } = setup(t);
+  const sc = seccomp();
+  const l = startLauncher(['--shared-dir', share, ...sc.args, '--', '--socket-path', sock], { entry: DAEMON, env: sc.env });
+  t.teardown(async () => { await stopLauncher(l); });
+  const pid = await waitDaemon(l, () => fs.existsSync(sock));
+  const mounts = mountsOf(pid);
+  t.is(mounts.length, 1, JSON.stringify(mounts));
+  t.is(mounts[0].root, fs.realpathSync(share));
+  for (const ns of ['mnt', 'pid', 'net', 'ipc', 'uts']) t.not(nsOf(pid, ns), nsOf(process.pid, ns));
+  checkThreads(t, pid);
+
+  const c = connect(t, sock);
+  const shareIno = BigInt(fs.statSync(share).ino);
+  const up = (() => { try { return c.lookup(ROOT_ID, '..'); } catch { return undefined; } })();
+  if (up !== undefined) t.is(up.attr.ino, shareIno, '".." of the root is the root');
+  t.not(errnoOf(() => c.lookup(up?.nodeid ?? ROOT_ID, MARKER)), undefined, 'the marker beside the share is not found');
+  t.is(errnoOf(() => c.lookup(ROOT_ID, 'etc')), os.constants.errno.ENOENT);
+  const link = c.lookup(ROOT_ID, 'abs-link');
+  t.is(link.attr.mode & 0o170000, 0o120000, 'the absolute symlink is served as a symlink, not followed');
+  const made = c.create(ROOT_ID, 'made-by-guest');
+  c.release(made.entry.nodeid, made.fh);
+  t.is(fs.statSync(path.join(share, 'made-by-guest')).uid, 0);
+  t.deepEqual(fs.readdirSync(parent).sort(), [MARKER, 'share', 'sock'].sort(), 'nothing created outside the share');
+  t.is((await stopLauncher(l)).code, 0, l.stderr());
+});
+
+test.serial('unprivileged, namespace: served attributes and created files map the user to root', async (t) => {
+  const { uid, gid } = ensureUser();
+  const { share, sock } = setup(t, { uid, gid });
+  const sc = seccomp();
+  const l = startLauncher(['--shared-dir', share, ...sc.args, '--', '--socket-path', sock], { entry: DAEMON, env: sc.env, uid, gid });
+  t.teardown(async () => { await stopLauncher(l); });
+  const pid = await waitDaemon(l, () => fs.existsSync(sock));
+  t.not(nsOf(pid, 'user'), nsOf(process.pid, 'user'));
+  checkThreads(t, pid);
+  const c = connect(t, sock);
+  t.is(c.lookup(ROOT_ID, 'file').attr.uid, 0, "the user's file is root's in the guest");
+  const made = c.create(ROOT_ID, 'made-by-guest');
+  c.release(made.entry.nodeid, made.fh);
+  t.is(made.entry.attr.uid, 0);
+  const st = fs.statSync(path.join(share, 'made-by-guest'));
+  t.is(st.uid, uid, 'owned by the user on the host');
+  t.is(st.gid, gid);
+  t.is((await stopLauncher(l)).code, 0, l.stderr());
+});
+
+test.serial('--mountpoint: the launcher mounts in the host namespace, the sandboxed daemon serves it, unmounted at exit', async (t) => {
+  const { parent, share } = setup(t);
+  const mnt = path.join(parent, 'mnt');
+  fs.mkdirSync(mnt);
+  t.teardown(() => { try { execFileSync('umount', ['-l', mnt], { stdio: 'ignore' }); } catch { /* not mounted */ } });
+  const sc = seccomp();
+  const l = startLauncher(['--shared-dir', share, '--mountpoint', mnt, ...sc.args], { entry: DAEMON, env: sc.env });
+  t.teardown(async () => { await stopLauncher(l); });
+  const isMounted = (): boolean => fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((line) => line.split(' ')[4] === mnt);
+  const pid = await waitDaemon(l, () => isMounted());
+  t.is(mountsOf(pid).length, 1, 'the daemon itself sees only the share');
+  t.deepEqual(fs.readdirSync(mnt).sort(), ['abs-link', 'file']);
+  fs.writeFileSync(path.join(mnt, 'through-mount'), 'x');
+  t.is(fs.readFileSync(path.join(share, 'through-mount'), 'utf8'), 'x');
+  t.is((await stopLauncher(l)).code, 0, l.stderr());
+  t.false(isMounted(), 'unmounted after the daemon exits');
+});
