@@ -19,7 +19,8 @@ export const PYTHON = '/usr/bin/python3';
  * How the server is started: 'serve' = test/mount-serve.ts (in-tree stand-in),
  * 'launch' = `vfs-launch --sandbox none --mountpoint` from source.
  */
-export type Driver = 'serve' | 'launch';
+/** 'stub': test/mount-stub-serve.ts, the transport alone behind a scripted session. */
+export type Driver = 'serve' | 'launch' | 'stub';
 export const DRIVER: Driver = 'serve';
 
 function lazyUnmount(dir: string): void {
@@ -91,8 +92,8 @@ export interface Server extends Dirs {
 
 /** argv of the server for a shared dir and mountpoint, plus extra server options. */
 export function serverCommand(shared: string, mnt: string, extra: readonly string[] = [], driver: Driver = DRIVER): string[] {
-  if (driver === 'serve') {
-    return [process.execPath, '--import', 'tsx', path.join(ROOT, 'test/mount-serve.ts'),
+  if (driver === 'serve' || driver === 'stub') {
+    return [process.execPath, '--import', 'tsx', path.join(ROOT, driver === 'serve' ? 'test/mount-serve.ts' : 'test/mount-stub-serve.ts'),
       '--shared-dir', shared, '--mountpoint', mnt, ...extra];
   }
   return [process.execPath, '--import', 'tsx', path.join(ROOT, 'src/launcher/main.ts'),

@@ -10,7 +10,7 @@ import type { FuseSession } from '../fs/session.js';
 import { logger } from '../log.js';
 
 const log = logger('fuse-dev');
-const { EAGAIN, EINTR, ENOENT, ENODEV } = osConstants.errno;
+const { EAGAIN, EINTR, EIO, ENOENT, ENODEV } = osConstants.errno;
 
 /** struct fuse_in_header / fuse_out_header: the only fields the loop looks at. */
 const IN_HEADER_LEN_OFF = 0;
@@ -18,6 +18,9 @@ const IN_HEADER_OPCODE_OFF = 4;
 const IN_HEADER_UNIQUE_OFF = 8;
 const IN_HEADER_SIZE = 40;
 const OUT_HEADER_LEN_OFF = 0;
+const OUT_HEADER_ERROR_OFF = 4;
+const OUT_HEADER_UNIQUE_OFF = 8;
+const OUT_HEADER_SIZE = 16;
 
 /** The kernel refuses a read buffer smaller than this (FUSE_MIN_READ_BUFFER). */
 export const FUSE_MIN_READ_BUFFER = 8192;
@@ -49,11 +52,14 @@ type Step = 'again' | 'served' | 'gone' | 'failed';
 class DeviceLoop {
   private readonly req: Buffer;
   private readonly reply: Buffer;
+  private readonly errorReply = Buffer.alloc(OUT_HEADER_SIZE);
 
   constructor(private readonly cfg: FuseLoopConfig) {
     const size = Math.max(cfg.bufferSize, FUSE_MIN_READ_BUFFER);
     this.req = Buffer.alloc(size);
     this.reply = Buffer.alloc(size);
+    this.errorReply.writeUInt32LE(OUT_HEADER_SIZE, OUT_HEADER_LEN_OFF);
+    this.errorReply.writeInt32LE(-EIO, OUT_HEADER_ERROR_OFF);
   }
 
   /** Read and answer one request. */
@@ -86,7 +92,10 @@ class DeviceLoop {
         if (e === ENODEV) return 'gone';
         if (e !== ENOENT) {
           const unique = this.req.readBigUInt64LE(IN_HEADER_UNIQUE_OFF);
-          log.warn(`write(/dev/fuse) of reply to request ${unique} (opcode ${this.req.readUInt32LE(IN_HEADER_OPCODE_OFF)}, ${this.req.readUInt32LE(IN_HEADER_LEN_OFF)} bytes): errno ${e}`);
+          log.warn(`write(/dev/fuse) of a ${len}-byte reply to request ${unique} (opcode ${this.req.readUInt32LE(IN_HEADER_OPCODE_OFF)}, ${this.req.readUInt32LE(IN_HEADER_LEN_OFF)} bytes): errno ${e}; answering EIO`);
+          // The kernel refused the reply (malformed): answer EIO so the caller does not wait forever.
+          this.errorReply.writeBigUInt64LE(unique, OUT_HEADER_UNIQUE_OFF);
+          writeFrom(devFd, this.errorReply, OUT_HEADER_SIZE);
         }
       }
     }
