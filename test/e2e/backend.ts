@@ -89,6 +89,8 @@ export async function startBackend(o: BackendOptions): Promise<Backend> {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, UV_USE_IO_URING: '0' },
   });
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
   let out = '';
   child.stdout?.setEncoding('utf8');
   child.stderr?.setEncoding('utf8');
@@ -97,6 +99,7 @@ export async function startBackend(o: BackendOptions): Promise<Backend> {
   let exit: Exit | undefined;
   const exited = new Promise<Exit>((resolve) => {
     child.once('exit', (code, signal) => {
+      process.removeListener('exit', killOnExit);
       exit = { code, signal };
       resolve(exit);
     });

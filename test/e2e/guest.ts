@@ -155,6 +155,9 @@ export async function bootGuest(opts: BootOptions): Promise<GuestResult> {
 
   const start = Date.now();
   const child = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // A test process that dies (ava timeout) must not leave a TCG guest burning a core.
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
   let consoleText = '';
   let stderr = '';
   let pending = '';
@@ -182,7 +185,10 @@ export async function bootGuest(opts: BootOptions): Promise<GuestResult> {
   const exitCode = await new Promise<number | null>((resolve, reject) => {
     child.once('error', reject);
     child.once('close', (code) => resolve(code));
-  }).finally(() => clearTimeout(timer));
+  }).finally(() => {
+    clearTimeout(timer);
+    process.removeListener('exit', killOnExit);
+  });
   consoleText += pending;
   const totalMs = Date.now() - start;
 
