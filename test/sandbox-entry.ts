@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import { enterSandbox, dropPrivileges } from '../src/sandbox/index.js';
 import type { SandboxMode } from '../src/sandbox/index.js';
 import { setLogLevel } from '../src/log.js';
+import { SECCOMP_FILTER_FLAG_TSYNC, seccompSetModeFilter } from '../src/sys/seccomp-calls.js';
+import { libc } from '../src/sys/libc.js';
 
 function arg(name: string): string | undefined {
   const argv = process.argv.slice(2);
@@ -41,6 +43,26 @@ const report = {
   entryOwners: Object.fromEntries(fs.readdirSync(root).map((n) => [n, fs.lstatSync(`${root}/${n}`).uid])),
 };
 process.stdout.write(JSON.stringify(report) + '\n');
+
+// VFS_TEST_SECCOMP_KILL=1: a filter that kills the process on syslog(2) and allows the rest,
+// then that call, so the launcher's report of a seccomp kill can be checked without
+// depending on the project's policy.
+if (process.env.VFS_TEST_SECCOMP_KILL === '1') {
+  const SYS_SYSLOG = process.arch === 'arm64' ? 116 : 103;
+  const insn = (code: number, jt: number, jf: number, k: number): Buffer => {
+    const b = Buffer.alloc(8);
+    b.writeUInt16LE(code, 0); b.writeUInt8(jt, 2); b.writeUInt8(jf, 3); b.writeUInt32LE(k >>> 0, 4);
+    return b;
+  };
+  const program = Buffer.concat([
+    insn(0x20, 0, 0, 0), // ld [nr]
+    insn(0x15, 0, 1, SYS_SYSLOG), // jeq syslog
+    insn(0x06, 0, 0, 0x80000000), // ret KILL_PROCESS
+    insn(0x06, 0, 0, 0x7fff0000), // ret ALLOW
+  ]);
+  seccompSetModeFilter(program, SECCOMP_FILTER_FLAG_TSYNC);
+  setTimeout(() => libc.func('long syscall(long nr, long a, long b, long c)')(SYS_SYSLOG, 10, 0, 0), 200);
+}
 process.on('SIGTERM', () => process.exit(0));
 process.on('SIGINT', () => process.exit(0));
 setInterval(() => undefined, 1 << 30);

@@ -133,3 +133,16 @@ test.serial('namespace: --modcaps and --rlimit-nofile apply; a daemon killed by 
   t.is(end.code, 128 + os.constants.signals.SIGSYS);
   t.regex(l.stderr(), /vfs-launch: daemon killed by SIGSYS/);
 });
+
+test.serial('chroot: a seccomp kill is reported with the system call the kernel logged', async (t) => {
+  const share = tempShare('vfs-sbx-share-');
+  t.teardown(() => fs.rmSync(share, { recursive: true, force: true }));
+  const l = startLauncher(['--shared-dir', share, '--sandbox', 'chroot', '--seccomp', 'none', '--', '--socket-path', path.join(socketDir(t), 'vfs.sock')],
+    { env: { VFS_TEST_SECCOMP_KILL: '1' } });
+  t.teardown(async () => { await stopLauncher(l); });
+  const end = await l.exited;
+  t.is(end.code, 128 + os.constants.signals.SIGSYS);
+  // The kernel's audit record (read back from /dev/kmsg) names the call.
+  const syslogNr = process.arch === 'arm64' ? 116 : 103;
+  t.regex(l.stderr(), new RegExp(`vfs-launch: daemon killed by SIGSYS \\(seccomp: system call syslog \\(${syslogNr}\\) is outside the policy\\)`));
+});

@@ -25,7 +25,8 @@ export interface DaemonEnd {
   message?: string;
 }
 
-function why(signal: string, seccompMode: string): string {
+function why(signal: string, seccompMode: string, syscall?: string): string {
+  if (signal === 'SIGSYS' && syscall !== undefined) return ` (seccomp: system call ${syscall} is outside the policy)`;
   if (signal === 'SIGSYS') return seccompMode === 'none' ? ' (bad system call)' : ' (seccomp: a system call outside the policy)';
   if (signal === 'SIGKILL') return ' (killed from outside, or by the kernel: OOM)';
   return '';
@@ -34,14 +35,15 @@ function why(signal: string, seccompMode: string): string {
 /**
  * Describe the end of the daemon. `signal` is the name execa reports when the direct
  * child died by a signal; `code` its exit code otherwise. `viaInit` says whether codes
- * above 128 come from the pid-1 sh (namespace mode).
+ * above 128 come from the pid-1 sh (namespace mode); `syscall` names the call a seccomp
+ * kill was for, when the kernel's audit record told us.
  */
-export function describeDaemonEnd(code: number | undefined, signal: string | undefined, viaInit: boolean, seccompMode: string): DaemonEnd {
+export function describeDaemonEnd(code: number | undefined, signal: string | undefined, viaInit: boolean, seccompMode: string, syscall?: string): DaemonEnd {
   let sig = signal;
   if (sig === undefined && viaInit && code !== undefined && code > 128 && code < 128 + 65) sig = signalName(code - 128);
   if (sig !== undefined) {
     const num = signalNumber(sig) ?? 0;
-    return { exitCode: 128 + num, signal: sig, message: `daemon killed by ${sig}${why(sig, seccompMode)}` };
+    return { exitCode: 128 + num, signal: sig, message: `daemon killed by ${sig}${why(sig, seccompMode, syscall)}` };
   }
   const exitCode = code ?? 1;
   if (exitCode === 0) return { exitCode };

@@ -11,6 +11,7 @@ import { logger, setLogLevel } from '../log.js';
 import type { LaunchPlan } from './args.js';
 import { FUSE_FD_IN_DAEMON, UsageError, launcherHelp, parseLaunchArgs } from './args.js';
 import { describeDaemonEnd } from './exit-status.js';
+import { findSeccompKill } from './seccomp-report.js';
 import { daemonCommand, findDaemonPid } from './spawn.js';
 import { validatePlan } from './validate.js';
 
@@ -63,6 +64,13 @@ async function mountLocal(plan: LaunchPlan): Promise<{ fd: number; unmount: () =
       }
     },
   };
+}
+
+/** "syslog (103)", or "103" when the number is not in our tables. */
+async function syscallLabel(nr: number, auditArch: number): Promise<string> {
+  const { archByAudit } = await import('../sandbox/seccomp/arch.js');
+  const name = archByAudit(auditArch)?.byNumber.get(nr);
+  return name === undefined ? String(nr) : `${name} (${nr})`;
 }
 
 /** Run vfs-launch with these arguments; resolves to the process exit code. */
@@ -137,6 +145,14 @@ export async function runLauncher(argv: readonly string[], io: LauncherIo = proc
       // already gone
     }
   };
+  // Remember the daemon's pid while it lives: after a seccomp kill it names the audit record.
+  let daemonPid: number | undefined;
+  const findPid = (attempt = 0): void => {
+    if (child.pid === undefined || child.exitCode !== null) return;
+    daemonPid = findDaemonPid(child.pid, cfg.sandbox);
+    if (daemonPid === undefined && attempt < 600) setTimeout(() => findPid(attempt + 1), 50).unref();
+  };
+  findPid();
   const handlers = FORWARDED_SIGNALS.map((sig) => {
     const h = (): void => forward(sig);
     process.on(sig, h);
@@ -146,7 +162,11 @@ export async function runLauncher(argv: readonly string[], io: LauncherIo = proc
   const result = await child;
   for (const [sig, h] of handlers) process.off(sig, h);
   local?.unmount();
-  const end = describeDaemonEnd(result.exitCode, result.signal, cfg.sandbox === 'namespace', cfg.seccomp);
+  let end = describeDaemonEnd(result.exitCode, result.signal, cfg.sandbox === 'namespace', cfg.seccomp);
+  if (end.signal === 'SIGSYS' && daemonPid !== undefined) {
+    const kill = await findSeccompKill(daemonPid);
+    if (kill !== undefined) end = describeDaemonEnd(result.exitCode, result.signal, cfg.sandbox === 'namespace', cfg.seccomp, await syscallLabel(kill.syscall, kill.arch));
+  }
   if (end.message !== undefined) io.stderr.write(`vfs-launch: ${end.message}\n`);
   return end.exitCode;
 }
