@@ -9,6 +9,7 @@ import {
   GetattrIn, InitFlag, Op, OpenIn, OpenOut, ReadIn, ReleaseIn, direntAlign,
 } from '../src/fs/fuse-abi.js';
 import { makeFs, init, initOut, send, request, struct, cstr, type TestFs, type Answer } from './fs-helpers.js';
+import { closeFuseServer, fuseServerFdCount } from '../src/fs/fuse-server.js';
 
 const ENOENT = -2;
 const EINVAL = -22;
@@ -194,4 +195,17 @@ test('READDIR and READDIRPLUS of 10,000 entries resume from offsets across many 
   // The looked-up entries are live: GETATTR works on one.
   const one = plusNames[1234] as DirEntry;
   t.is(send(f.session, request(Op.GETATTR, [struct(GetattrIn, {})], { nodeid: one.nodeid }))?.error, 0);
+}));
+
+test('closeFuseServer releases every inode and handle fd of a session that saw no DESTROY', withFs((t, f) => {
+  init(f.session);
+  fs.writeFileSync(path.join(f.dir, 'a'), 'x');
+  const nodeid = entryOf(lookup(f, 1, 'a')).nodeid;
+  send(f.session, request(Op.OPEN, [struct(OpenIn, { flags: 0 })], { nodeid }));
+  t.is(fuseServerFdCount(f.session), 2);
+  closeFuseServer(f.session);
+  t.is(fuseServerFdCount(f.session), 0);
+  t.is(send(f.session, request(Op.GETATTR, [struct(GetattrIn, {})]))?.error, EIO, 'a new INIT is needed');
+  init(f.session);
+  t.is(lookup(f, 1, 'a').error, 0);
 }));

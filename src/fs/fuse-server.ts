@@ -185,13 +185,35 @@ class FuseServer implements FuseSession {
   }
 
   private destroy(): number {
-    const s = this.s;
-    s.handles.clear();
-    s.inodes.clear();
-    this.initialized = false;
+    this.release();
     this.destroyed = true;
     return 0;
   }
+
+  /** Close every handle and inode fd (not rootFd/procSelfFd); a new INIT starts afresh. */
+  release(): void {
+    this.s.handles.clear();
+    this.s.inodes.clear();
+    this.initialized = false;
+  }
+
+  get openFds(): number {
+    return this.s.handles.size + this.s.inodes.size - 1;
+  }
+}
+
+/**
+ * Release what a session holds when its peer went away without DESTROY (a vhost-user
+ * frontend that disconnected): every inode and handle fd is closed. rootFd and
+ * procSelfFd stay open; they belong to the caller. A no-op for other FuseSessions.
+ */
+export function closeFuseServer(session: FuseSession): void {
+  if (session instanceof FuseServer) session.release();
+}
+
+/** Inode and handle fds a session holds (for leak checks in tests); 0 for other sessions. */
+export function fuseServerFdCount(session: FuseSession): number {
+  return session instanceof FuseServer ? session.openFds : 0;
 }
 
 /**
