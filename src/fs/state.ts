@@ -8,6 +8,7 @@ import {
   STATX_SIZE, STX, S_IFDIR, close, openat, statx,
 } from '../sys/file-calls.js';
 import { setresgidThread, setresuidThread } from '../sys/cred-calls.js';
+import { SysError } from '../sys/libc.js';
 import type { FsOptions } from './options.js';
 import { Attr, AttrOutHead, ENTRY_OUT_SIZE, EntryOutHead, FUSE_ATTR_SUBMOUNT } from './fuse-abi.js';
 import { HandleTable, InodeTable, type Inode } from './inodes.js';
@@ -84,8 +85,8 @@ export class FsState {
   constructor(readonly rootFd: number, readonly procSelfFd: number, readonly opts: FsOptions, maxRequest: number) {
     this.req = new Request(maxRequest);
     const r = statx(rootFd, EMPTY_NAME, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MASK, this.stx);
-    if (r < 0) throw new Error(`statx of the shared directory failed: errno ${-r}`);
-    if ((this.stx.readUInt16LE(STX.mode) & 0o170000) !== S_IFDIR) throw new Error('the shared directory is not a directory');
+    if (r < 0) throw new SysError('statx', -r, 'shared directory (rootFd)');
+    if ((this.stx.readUInt16LE(STX.mode) & 0o170000) !== S_IFDIR) throw new SysError('statx', E.ENOTDIR, 'shared directory (rootFd)');
     this.inodes = new InodeTable(rootFd, this.stx);
     this.timeouts = timeoutsFor(opts.cache);
   }
