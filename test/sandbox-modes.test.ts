@@ -89,6 +89,12 @@ test.serial('namespace: root is the shared dir, only it is mounted, own namespac
   t.false(seen.hostEtcVisible);
   t.false(seen.absLinkReadable, 'an absolute symlink resolves inside the share');
   checkProcSelfFd(t, pid, l);
+  // The kept fd is confined: ".." from it stays in the fd directory (a detached bind mount),
+  // so procfs (/proc/sys, other pids) is out of reach through it.
+  const { procSelfFd } = inside(l);
+  const up = fs.readdirSync(`/proc/${pid}/fd/${procSelfFd}/../..`);
+  t.false(up.includes('sys') || up.includes('self'), up.join(' '));
+  t.true(up.includes(String(procSelfFd)));
   const env = fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
   t.true(env.includes('UV_USE_IO_URING=0'));
   const end = await stopLauncher(l);

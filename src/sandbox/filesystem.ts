@@ -4,7 +4,9 @@
 // pivots into a bind mount of the shared dir and detaches the old root; chroot mode chroots
 // (root only, host namespaces); none mode only opens the shared dir. In every mode the
 // /proc/self/fd directory is opened first (O_PATH) because the file server reopens inodes
-// through it and it is unreachable afterwards.
+// through it and it is unreachable afterwards. Only namespace mode can confine that fd (a
+// bind mount of just the fd directory); in chroot mode ".." from it leads out of the chroot,
+// which is why chroot mode does not contain a daemon that runs an attacker's code.
 import fs from 'node:fs';
 import { logger } from '../log.js';
 import { MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REC, MS_SLAVE, chroot, mount, pivotRoot, umount2 } from '../sys/mount-calls.js';
@@ -80,7 +82,11 @@ function mountFreshProc(): void {
 function enterNamespace(sharedDir: string): SandboxResult {
   step('mount / MS_SLAVE|MS_REC', () => mount(null, '/', null, MS_SLAVE | MS_REC));
   mountFreshProc();
-  const procSelfFd = openProcSelfFd();
+  // Bind our fd directory over /proc and keep that: once the old root is detached, ".." at
+  // the root of this detached mount stays there, so the kept fd reaches our fds only, not
+  // the rest of procfs (/proc/sys is writable by uid 0 whatever its capabilities).
+  step('bind-mount /proc/self/fd on /proc', () => mount('/proc/self/fd', '/proc', null, MS_BIND));
+  const procSelfFd = step('open /proc (our fd directory) O_PATH', () => openPath('/proc', O_NOFOLLOW));
   if (sharedDir === '/') {
     log.debug('sandbox: shared dir is /, no pivot_root');
   } else {
