@@ -16,12 +16,16 @@ const BASE_PREFIX = '/tmp/vfs-mt-';
 export const PYTHON = '/usr/bin/python3';
 
 /**
- * How the server is started: 'serve' = test/mount-serve.ts (in-tree stand-in),
- * 'launch' = `vfs-launch --sandbox none --mountpoint` from source.
+ * How the server is started: 'launch' = `vfs-launch --shared-dir D --mountpoint M
+ * --sandbox none` from source (the product), 'serve' = test/mount-serve.ts (the core and
+ * the transport without the daemon). VFS_MOUNT_DRIVER overrides; VFS_MOUNT_LAUNCH_ARGS
+ * adds launcher options (space-separated).
  */
 /** 'stub': test/mount-stub-serve.ts, the transport alone behind a scripted session. */
 export type Driver = 'serve' | 'launch' | 'stub';
-export const DRIVER: Driver = 'serve';
+export const DRIVER: Driver = process.env.VFS_MOUNT_DRIVER === 'serve' ? 'serve'
+  : process.env.VFS_MOUNT_DRIVER === 'launch' ? 'launch' : 'serve';
+const LAUNCH_ARGS = (process.env.VFS_MOUNT_LAUNCH_ARGS ?? '').split(' ').filter((a) => a !== '');
 
 function lazyUnmount(dir: string): void {
   try {
@@ -97,7 +101,7 @@ export function serverCommand(shared: string, mnt: string, extra: readonly strin
       '--shared-dir', shared, '--mountpoint', mnt, ...extra];
   }
   return [process.execPath, '--import', 'tsx', path.join(ROOT, 'src/launcher/main.ts'),
-    '--shared-dir', shared, '--mountpoint', mnt, '--sandbox', 'none', ...extra];
+    '--shared-dir', shared, '--mountpoint', mnt, '--sandbox', 'none', ...LAUNCH_ARGS, ...extra];
 }
 
 /** Run the server to completion without waiting for a mount (for failure cases). */
