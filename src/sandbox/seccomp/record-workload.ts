@@ -2,6 +2,7 @@
 // file operations through the mount, enough to make the file server use each kind of FUSE
 // request it answers (lookup, create, read/write, attributes, links, renames, readdir,
 // fsync, statfs, removal), so the recorded syscalls cover what a policy must allow.
+import { spawnSync } from 'node:child_process';
 import { constants as fsc, promises as fsp, readFileSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -16,6 +17,26 @@ export async function waitForFuseMount(mountpoint: string, timeoutMs = 15000): P
   }
   throw new Error(`record: ${mountpoint} did not become a FUSE mount within ${timeoutMs} ms`);
 }
+
+const PY_OPS = `
+import os, sys, fcntl
+b = sys.argv[1]
+p = os.path.join(b, 'f8')
+try:
+    os.setxattr(p, 'user.vfs', b'1'); os.getxattr(p, 'user.vfs'); os.listxattr(p); os.removexattr(p, 'user.vfs')
+except OSError: pass
+try:
+    fd = os.open(b, os.O_TMPFILE | os.O_RDWR, 0o600); os.write(fd, b'tmp'); os.close(fd)
+except OSError: pass
+fd = os.open(p, os.O_RDWR)
+for f in (lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB), lambda: fcntl.lockf(fd, fcntl.LOCK_UN),
+          lambda: fcntl.flock(fd, fcntl.LOCK_EX), lambda: fcntl.flock(fd, fcntl.LOCK_UN),
+          lambda: os.posix_fallocate(fd, 0, 1 << 16), lambda: os.lseek(fd, 0, os.SEEK_DATA),
+          lambda: os.lseek(fd, 0, os.SEEK_HOLE), lambda: os.mkfifo(os.path.join(b, 'fifo'))):
+    try: f()
+    except OSError: pass
+os.close(fd)
+`;
 
 export async function fileWorkload(dir: string, rounds = 3): Promise<void> {
   for (let round = 0; round < rounds; round++) {
@@ -51,6 +72,14 @@ export async function fileWorkload(dir: string, rounds = 3): Promise<void> {
     await fsp.stat(join(base, 'missing')).catch(() => undefined);
     statfsSync(base);
     await fsp.mkdir(join(base, 'sub/deeper'), { recursive: true });
+    // Another user's requests make the server switch credentials (create, mkdir, symlink).
+    await fsp.mkdir(join(base, 'public'), { mode: 0o1777 });
+    await fsp.chmod(join(base, 'public'), 0o1777);
+    spawnSync(process.execPath, ['-e', `const fs = require('fs'); const d = ${JSON.stringify(join(base, 'public'))};
+      fs.writeFileSync(d + '/mine', 'x'); fs.mkdirSync(d + '/dir'); fs.symlinkSync('mine', d + '/ln');
+      fs.renameSync(d + '/mine', d + '/mine2'); fs.unlinkSync(d + '/mine2');`], { uid: 65534, gid: 65534, stdio: 'ignore' });
+    // What node:fs cannot reach: xattrs, O_TMPFILE, POSIX locks, fallocate, SEEK_DATA, mknod.
+    spawnSync('python3', ['-c', PY_OPS, base], { stdio: 'ignore' });
     await fsp.rm(base, { recursive: true });
   }
 }

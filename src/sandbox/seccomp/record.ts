@@ -52,9 +52,10 @@ function threadGroups(lines: readonly string[]): Map<number, number> {
 }
 
 /**
- * Parse `strace -f -o FILE` output. With fromSeccomp, count from the first filter install on,
- * and only in the process that installed it and processes it forks afterwards (they inherit
- * the filter); other processes in the trace (a helper spawned earlier) are not filtered.
+ * Parse `strace -f -o FILE` output. With fromSeccomp, a process counts from its own first
+ * filter install on (and so do processes it forks afterwards: they inherit the filter);
+ * processes that never install one (strace'd test runners, helpers) are left out. Without
+ * any install in the trace, everything counts.
  */
 export function parseStrace(text: string, arch: Arch, fromSeccomp: boolean): Recording {
   const counts = new Map<string, number>();
@@ -62,22 +63,17 @@ export function parseStrace(text: string, arch: Arch, fromSeccomp: boolean): Rec
   const lines = text.split('\n');
   const groups = threadGroups(lines);
   const groupOf = (tid: number): number => groups.get(tid) ?? tid;
-  let start = 0;
-  let sawSeccomp = false;
-  let filtered: Set<number> | undefined;
-  if (fromSeccomp) {
-    const i = lines.findIndex((l) => /\sseccomp\(SECCOMP_SET_MODE_FILTER/.test(l));
-    if (i >= 0) {
-      start = i + 1;
-      sawSeccomp = true;
-      filtered = new Set([groupOf(Number(/^(\d+)/.exec(lines[i]!)![1]))]);
-    }
-  }
-  for (const l of lines.slice(start)) {
+  const MARK = /\sseccomp\(SECCOMP_SET_MODE_FILTER/;
+  const sawSeccomp = fromSeccomp && lines.some((l) => MARK.test(l));
+  const filtered = new Set<number>();
+  for (const l of lines) {
     const tid = Number(/^(\d+)\s/.exec(l)?.[1] ?? NaN);
     if (Number.isNaN(tid)) continue;
-    if (filtered !== undefined) {
-      if (!filtered.has(groupOf(tid))) continue;
+    if (sawSeccomp) {
+      if (!filtered.has(groupOf(tid))) {
+        if (MARK.test(l)) filtered.add(groupOf(tid));
+        continue;
+      }
       const child = /= (\d+)(?:\s|$)/.exec(CLONE.exec(l)?.[4] ?? '');
       if (child) filtered.add(groupOf(Number(child[1])));
     }
@@ -108,10 +104,21 @@ export async function recordCommand(argv: readonly string[], opts: RecordOptions
       env: opts.env, stdio: ['ignore', 'inherit', 'inherit'], reject: false,
     });
     if (opts.workload !== undefined) {
+      // SIGTERM must reach the traced program: strace itself would detach and leave it running.
+      const traced = (): number | undefined => {
+        try {
+          const kids = readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim().split(/\s+/);
+          return kids[0] ? Number(kids[0]) : undefined;
+        } catch {
+          return undefined;
+        }
+      };
       try {
         await opts.workload(child.pid ?? 0);
       } finally {
-        child.kill('SIGTERM');
+        const pid = traced();
+        if (pid !== undefined) process.kill(pid, 'SIGTERM');
+        else child.kill('SIGTERM');
       }
     }
     await child;
