@@ -36,6 +36,8 @@ export const DEFAULT_REQUEST_QUEUES = 16;
 
 /** Publish used entries (and maybe interrupt) after this many completions in a row. */
 const USED_BATCH = 32;
+/** Chains served from one queue before looking at the other events again. */
+export const PROCESS_BUDGET = 256;
 /** Per queue: log the first malformed chains, then one line per this many. */
 const BAD_CHAIN_LOG_FIRST = 20;
 const BAD_CHAIN_LOG_EVERY = 1000;
@@ -49,6 +51,7 @@ class Device implements KickWatcher {
   readonly backend: VhostUserBackend;
   private readonly chain = new DescriptorChain();
   private readonly badChains: number[];
+  private readonly leftover: boolean[];
 
   constructor(
     private readonly ep: Epoll,
@@ -63,6 +66,7 @@ class Device implements KickWatcher {
       this,
     );
     this.badChains = new Array<number>(numQueues).fill(0);
+    this.leftover = new Array<boolean>(numQueues).fill(false);
   }
 
   watch(queue: number, fd: number): void {
@@ -135,19 +139,41 @@ class Device implements KickWatcher {
     q.replaceFd('kickFd', -1);
   }
 
-  /** Serve every available chain of a queue, then re-arm notifications (and recheck). */
+  /**
+   * Serve the available chains of a queue, then re-arm notifications (and recheck). At most
+   * PROCESS_BUDGET chains per call: a guest that keeps its queue full must not starve the
+   * other queues, control messages or a stop request. A queue left with work is remembered
+   * and served again after the next (non-blocking) look at epoll.
+   */
   private process(q: SplitQueue): void {
     const chain = this.chain;
+    let budget = PROCESS_BUDGET;
+    this.leftover[q.index] = false;
     while (q.ready()) {
       q.disableNotify();
-      while (q.pop(chain)) {
+      while (budget > 0 && q.pop(chain)) {
+        budget--;
         q.pushUsed(chain.head, chain.error === undefined ? this.serve(q, chain) : this.reject(q, chain));
         if (q.pendingUsed >= USED_BATCH) q.flush();
       }
       q.flush();
+      if (budget === 0 && q.availableCount() > 0) {
+        this.leftover[q.index] = true;
+        break;
+      }
       if (!q.enableNotify()) break;
     }
     chain.reset(0);
+  }
+
+  /** True when some queue still has work from a previous turn. */
+  hasLeftover(): boolean {
+    return this.leftover.includes(true);
+  }
+
+  /** Give every queue with leftover work one more budgeted turn. */
+  serveLeftover(): void {
+    for (const q of this.backend.queues) if (this.leftover[q.index]) this.process(q);
   }
 
   private serve(q: SplitQueue, chain: DescriptorChain): number {
@@ -199,7 +225,7 @@ export function runVhostDevice(cfg: VhostDeviceConfig): number {
     ep.add(cfg.listenFd, TOKEN_LISTEN, EPOLLIN);
     log.info('waiting for a vhost-user frontend');
     for (;;) {
-      const n = ep.wait(-1);
+      const n = ep.wait(dev?.hasLeftover() === true ? 0 : -1);
       for (let i = 0; i < n; i++) {
         const token = ep.token(i);
         if (token === TOKEN_STOP) {
@@ -232,6 +258,13 @@ export function runVhostDevice(cfg: VhostDeviceConfig): number {
             // failing descriptor (a call eventfd that cannot be written, ...): log, go on.
             log.error(`queue ${token - TOKEN_KICK0}: ${(err as Error).stack ?? String(err)}`);
           }
+        }
+      }
+      if (dev?.hasLeftover() === true) {
+        try {
+          dev.serveLeftover();
+        } catch (err) {
+          log.error(`serving queues: ${(err as Error).stack ?? String(err)}`);
         }
       }
     }
