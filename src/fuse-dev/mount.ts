@@ -75,7 +75,10 @@ function resolveWithoutTouching(dir: string): string {
   }
 }
 
-/** True when something is mounted exactly at `dir` (never stats `dir` itself). */
+/**
+ * True when something is mounted exactly at `dir`. Never stats `dir` itself, so a
+ * symlink as the last component is not followed (its parents are resolved).
+ */
 export function isMountPoint(dir: string): boolean {
   return mountPoints().includes(resolveWithoutTouching(dir));
 }
