@@ -18,6 +18,7 @@ test('replies reach callers; a reply the kernel refuses becomes EIO, not a hang'
   // The server's log line arrives through a pipe: give it a moment.
   for (let i = 0; i < 100 && !/answering EIO/.test(s.stderr()); i++) await new Promise((r) => setTimeout(r, 50));
   t.regex(s.stderr(), /answering EIO/);
+  t.is(codeOf(() => fs.statSync(path.join(s.mnt, 'throw'))), 'EIO');
   // The loop is still serving afterwards.
   t.true(fs.statSync(path.join(s.mnt, 'good')).isFile());
 });

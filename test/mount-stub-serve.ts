@@ -1,7 +1,8 @@
 // Test-only server for the /dev/fuse transport alone: mounts like test/mount-serve.ts but
 // answers with a tiny scripted FuseSession instead of the core, so the loop's handling of
 // replies the kernel refuses can be checked against the real kernel. Root holds one file,
-// "good"; a LOOKUP of "bad" gets a reply the kernel rejects (positive error field).
+// "good"; a LOOKUP of "bad" gets a reply the kernel rejects (positive error field), and
+// one of "throw" makes the session throw (which the contract forbids; the loop survives it).
 //   node --import tsx test/mount-stub-serve.ts --shared-dir IGNORED --mountpoint MNT
 import { Worker, isMainThread, workerData, parentPort } from 'node:worker_threads';
 import type { FuseSession } from '../src/fs/session.js';
@@ -54,6 +55,8 @@ function stubSession(): FuseSession {
           out.writeBigUInt64LE(2n, OUT);
           attr(out, OUT + 40, 2, 0o100644);
           len += ENTRY_OUT;
+        } else if (name === 'throw') {
+          throw new Error('scripted failure');
         } else if (name === 'bad') {
           error = 5; // positive: the kernel refuses the whole reply
         } else {

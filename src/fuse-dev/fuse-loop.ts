@@ -62,6 +62,12 @@ class DeviceLoop {
     this.errorReply.writeInt32LE(-EIO, OUT_HEADER_ERROR_OFF);
   }
 
+  /** Answer request `unique` with EIO (a FORGET-like request simply ignores it: ENOENT). */
+  private sendError(unique: bigint): void {
+    this.errorReply.writeBigUInt64LE(unique, OUT_HEADER_UNIQUE_OFF);
+    writeFrom(this.cfg.devFd, this.errorReply, OUT_HEADER_SIZE);
+  }
+
   /** Read and answer one request. */
   step(): Step {
     const { devFd, session } = this.cfg;
@@ -79,7 +85,15 @@ class DeviceLoop {
       log.warn(`short read of ${n} bytes from /dev/fuse`);
       return 'served';
     }
-    const len = session.handle([this.req.subarray(0, n)], [this.reply]);
+    let len: number;
+    try {
+      len = session.handle([this.req.subarray(0, n)], [this.reply]);
+    } catch (err) {
+      // The session promises not to throw; should it, the caller still gets an answer.
+      log.error(`session threw on opcode ${this.req.readUInt32LE(IN_HEADER_OPCODE_OFF)}: ${err instanceof Error ? err.message : String(err)}`);
+      this.sendError(this.req.readBigUInt64LE(IN_HEADER_UNIQUE_OFF));
+      return 'served';
+    }
     if (len > 0) {
       const declared = this.reply.readUInt32LE(OUT_HEADER_LEN_OFF);
       if (declared !== len) {
@@ -94,8 +108,7 @@ class DeviceLoop {
           const unique = this.req.readBigUInt64LE(IN_HEADER_UNIQUE_OFF);
           log.warn(`write(/dev/fuse) of a ${len}-byte reply to request ${unique} (opcode ${this.req.readUInt32LE(IN_HEADER_OPCODE_OFF)}, ${this.req.readUInt32LE(IN_HEADER_LEN_OFF)} bytes): errno ${e}; answering EIO`);
           // The kernel refused the reply (malformed): answer EIO so the caller does not wait forever.
-          this.errorReply.writeBigUInt64LE(unique, OUT_HEADER_UNIQUE_OFF);
-          writeFrom(devFd, this.errorReply, OUT_HEADER_SIZE);
+          this.sendError(unique);
         }
       }
     }
