@@ -73,20 +73,27 @@ mkdir gdir/rmdir && rmdir gdir/rmdir
 mv host-rename-src.txt gdir/from-host
 rm host-delete.txt
 echo "GUEST_OPS new=$(cat gdir/new) link=$(readlink gdir/link) via=$(cat gdir/link) mode=$(stat -c %a gdir/mode) trunc=$(cat gdir/trunc) size=$(stat -c %s gdir/trunc) gone=$(ls gdir/gone 2>/dev/null | wc -l) dirs=$(ls -d gdir/sub gdir/rmdir 2>/dev/null | tr '\n' ',')"
+t() { echo "T_$1 $(cut -d' ' -f1 /proc/uptime)"; }
+t big_start
 echo "BIG_HOST $(sha256sum big-host.bin | cut -d' ' -f1)"
 cp big-host.bin /tmp/big-copy && echo "BIG_HOST_COPY $(sha256sum /tmp/big-copy | cut -d' ' -f1)"
 rm -f /tmp/big-copy
+t big_read
 dd if=/dev/urandom of=/tmp/big-guest bs=1048576 count=64 2>/dev/null
 echo "BIG_GUEST $(sha256sum /tmp/big-guest | cut -d' ' -f1)"
+t big_write_start
 cp /tmp/big-guest big-guest.bin && sync
+t big_write
 rm -f /tmp/big-guest
 echo 3 > /proc/sys/vm/drop_caches
 echo "BIG_GUEST_READBACK $(sha256sum big-guest.bin | cut -d' ' -f1) $(stat -c %s big-guest.bin)"
+t many_start
 mkdir many
 i=0
 while [ $i -lt ${MANY} ]; do : > many/f$i || break; i=$((i+1)); done
 echo "MANY_CREATED $i"
 echo "MANY_LISTED $(ls many | wc -l)"
+t many
 echo "SYNC_GUEST_READY"
 n=0
 while [ ! -e live-from-host.txt ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done
@@ -133,6 +140,7 @@ async function runMode(t: ExecutionContext, mode: SandboxMode): Promise<void> {
   const sock1 = path.join(work, 'vfs1.sock');
   const d1 = await startBackend({ kind: KIND, sharedDir: share, socketPath: sock1, sandbox: mode });
   backends.push(d1);
+  t.log(`backend: ${d1.command.join(' ')}`);
   const live: HostLive = {};
   const r1 = await bootGuest({
     socketPath: sock1,
@@ -153,6 +161,8 @@ async function runMode(t: ExecutionContext, mode: SandboxMode): Promise<void> {
   });
   t.log(`${KIND} --sandbox ${mode}: boot 1 share mounted after ${r1.bootMs} ms, total ${r1.totalMs} ms`);
   const k = keyed(r1.lines);
+  const span = (a: string, b: string) => (Number(k.get(`T_${b}`)) - Number(k.get(`T_${a}`))).toFixed(1);
+  t.log(`guest time: read 64 MiB twice ${span('big_start', 'big_read')} s, write 64 MiB ${span('big_write_start', 'big_write')} s, create+list ${MANY} files ${span('many_start', 'many')} s`);
   t.is(r1.rc, 0, r1.console);
   t.is(r1.qemuExit, 0);
   t.is(k.get('DONE'), '', `guest script did not finish:\n${r1.lines.join('\n')}`);
