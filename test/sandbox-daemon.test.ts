@@ -85,6 +85,7 @@ test.serial('root, namespace: the daemon serves only the share; ".." and host pa
   const mounts = mountsOf(pid);
   t.is(mounts.length, 1, JSON.stringify(mounts));
   t.is(mounts[0].root, fs.realpathSync(share));
+  t.true(mounts[0].options.includes('nodev') && mounts[0].options.includes('nosuid'), mounts[0].options.join(','));
   for (const ns of ['mnt', 'pid', 'net', 'ipc', 'uts']) t.not(nsOf(pid, ns), nsOf(process.pid, ns));
   checkThreads(t, pid);
 

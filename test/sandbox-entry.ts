@@ -29,7 +29,24 @@ dropPrivileges({ modcaps: arg('modcaps'), rlimitNofile: rlimit === undefined ? u
 const root = mode === 'none' ? sharedDir : '/';
 const probe = process.env.VFS_TEST_PROBE_CREATE;
 if (probe !== undefined) fs.writeFileSync(`${root}/${probe}`, 'made inside\n');
+// VFS_TEST_MKNOD=1: make a character device node (1,3: /dev/null) in the share with the
+// kept CAP_MKNOD and try to open it: the share is mounted nodev in the sandbox.
+let deviceOpen: string | undefined;
+if (process.env.VFS_TEST_MKNOD === '1') {
+  const mknod = libc.func('int mknod(const char *path, unsigned int mode, unsigned long dev)');
+  const node = `${root}/null-dev`;
+  if (mknod(node, 0o020666, (1 << 8) | 3) !== 0) deviceOpen = 'mknod failed';
+  else {
+    try {
+      fs.closeSync(fs.openSync(node, 'r'));
+      deviceOpen = 'opened';
+    } catch (err) {
+      deviceOpen = (err as NodeJS.ErrnoException).code;
+    }
+  }
+}
 const report = {
+  deviceOpen,
   pid: process.pid,
   uid: process.getuid?.(),
   rootFd,

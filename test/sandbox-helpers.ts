@@ -121,10 +121,10 @@ export async function waitSandboxed(l: Launched, capBnd: string, timeoutMs = 150
 }
 
 /** Mount points (field 5) and mount roots (field 4) of a process, from outside. */
-export function mountsOf(pid: number): { root: string; mountPoint: string }[] {
+export function mountsOf(pid: number): { root: string; mountPoint: string; options: string[] }[] {
   return fs.readFileSync(`/proc/${pid}/mountinfo`, 'utf8').trim().split('\n').map((line) => {
     const f = line.split(' ');
-    return { root: f[3], mountPoint: f[4] };
+    return { root: f[3], mountPoint: f[4], options: f[5].split(',') };
   });
 }
 

@@ -73,19 +73,23 @@ function checkProcSelfFd(t: ExecutionContext, pid: number, l: Launched): void {
 // Serial: each launch costs a few seconds of CPU (tsx compiles the launcher and the daemon),
 // and the suite shares two cores with the other test files.
 test.serial('namespace: root is the shared dir, only it is mounted, own namespaces, privileges dropped; SIGTERM: exit 0', async (t) => {
-  const { l, pid, share } = await launch(t, 'namespace');
+  const { l, pid, share } = await launch(t, 'namespace', [], { VFS_TEST_MKNOD: '1' });
   t.true(sameFile(`/proc/${pid}/root`, share), 'daemon root is the shared dir');
+  // CAP_MKNOD is kept (guests make device nodes), but the share is nodev in the sandbox.
+  t.is((JSON.parse(l.stdout().trim().split('\n')[0]) as { deviceOpen?: string }).deviceOpen, 'EACCES');
+  t.true(fs.lstatSync(path.join(share, 'null-dev')).isCharacterDevice());
   t.deepEqual(fs.readdirSync(`/proc/${pid}/root`).sort(), fs.readdirSync(share).sort());
   const mounts = mountsOf(pid);
   t.is(mounts.length, 1, JSON.stringify(mounts));
   t.is(mounts[0].mountPoint, '/');
   t.is(mounts[0].root, fs.realpathSync(share));
+  t.true(mounts[0].options.includes('nodev') && mounts[0].options.includes('nosuid'), mounts[0].options.join(','));
   for (const ns of NAMESPACES) t.not(nsOf(pid, ns), nsOf(process.pid, ns), `${ns} namespace`);
   t.is(nsOf(pid, 'user'), nsOf(process.pid, 'user'), 'root needs no user namespace');
   checkPrivileges(t, pid);
   t.is(fs.readFileSync(`/proc/${pid}/limits`, 'utf8').match(/Max open files\s+(\d+)\s+(\d+)/)?.slice(1).join(' '), `${expectedNofile()} ${expectedNofile()}`);
   const seen = inside(l);
-  t.deepEqual(seen.rootEntries, ['abs-link', 'file', 'sub']);
+  t.deepEqual(seen.rootEntries, ['abs-link', 'file', 'null-dev', 'sub']);
   t.false(seen.hostEtcVisible);
   t.false(seen.absLinkReadable, 'an absolute symlink resolves inside the share');
   checkProcSelfFd(t, pid, l);

@@ -52,6 +52,7 @@ test.serial('unprivileged namespace mode: user namespace, pivot, caps of the nam
   const mounts = mountsOf(pid);
   t.is(mounts.length, 1, JSON.stringify(mounts));
   t.is(mounts[0].root, fs.realpathSync(share));
+  t.true(mounts[0].options.includes('nodev') && mounts[0].options.includes('nosuid'), mounts[0].options.join(','));
   const seen = JSON.parse(l.stdout().trim().split('\n')[0]) as { uid: number; entryOwners: Record<string, number> };
   t.is(seen.uid, 0, 'root inside the namespace');
   t.is(seen.entryOwners.file, 0, "the user's files are root's inside");

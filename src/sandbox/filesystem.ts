@@ -9,7 +9,7 @@
 // which is why chroot mode does not contain a daemon that runs an attacker's code.
 import fs from 'node:fs';
 import { logger } from '../log.js';
-import { MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REC, MS_SLAVE, chroot, mount, pivotRoot, umount2 } from '../sys/mount-calls.js';
+import { MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT, MS_SLAVE, chroot, mount, pivotRoot, umount2 } from '../sys/mount-calls.js';
 import { SandboxError } from './errors.js';
 
 const log = logger('sandbox');
@@ -79,21 +79,66 @@ function mountFreshProc(): void {
   }
 }
 
+// Per-mount flags not exported by mount-calls (linux/mount.h).
+const MS_NOATIME = 0x400;
+const MS_NODIRATIME = 0x800;
+const MS_RELATIME = 0x200000;
+const MS_STRICTATIME = 0x1000000;
+const MOUNT_OPTION_FLAGS: Record<string, number> = {
+  ro: MS_RDONLY, nosuid: MS_NOSUID, nodev: MS_NODEV, noexec: MS_NOEXEC,
+  noatime: MS_NOATIME, nodiratime: MS_NODIRATIME, relatime: MS_RELATIME, strictatime: MS_STRICTATIME,
+};
+
+function unescapeMountinfo(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+/** Mount points at or under `dir` in our namespace, with their per-mount flags. */
+function mountsUnder(dir: string): { mountPoint: string; flags: number }[] {
+  const out: { mountPoint: string; flags: number }[] = [];
+  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const f = line.split(' ');
+    if (f.length < 6) continue;
+    const mp = unescapeMountinfo(f[4]);
+    if (mp !== dir && !mp.startsWith(dir.endsWith('/') ? dir : `${dir}/`)) continue;
+    let flags = 0;
+    for (const opt of f[5].split(',')) flags |= MOUNT_OPTION_FLAGS[opt] ?? 0;
+    out.push({ mountPoint: mp, flags });
+  }
+  return out;
+}
+
+/**
+ * The file server never opens device nodes or executes files on the host (a guest opens
+ * its device nodes in its own kernel), so the share is remounted nodev+nosuid in our
+ * namespace: a compromised daemon that mknods a disk's device node cannot open it.
+ * Existing flags are kept (the kernel refuses to drop locked ones in a user namespace).
+ */
+function hardenShareMounts(sharedDir: string): void {
+  for (const m of mountsUnder(sharedDir)) {
+    step(`remount ${m.mountPoint} nodev,nosuid`, () => mount(null, m.mountPoint, null, MS_REMOUNT | MS_BIND | m.flags | MS_NODEV | MS_NOSUID));
+  }
+}
+
 function enterNamespace(sharedDir: string): SandboxResult {
   step('mount / MS_SLAVE|MS_REC', () => mount(null, '/', null, MS_SLAVE | MS_REC));
   mountFreshProc();
+  const pivot = sharedDir !== '/';
+  if (pivot) {
+    step(`bind-mount ${sharedDir} on itself`, () => mount(sharedDir, sharedDir, null, MS_BIND | MS_REC));
+    hardenShareMounts(sharedDir);
+  }
   // Bind our fd directory over /proc and keep that: once the old root is detached, ".." at
   // the root of this detached mount stays there, so the kept fd reaches our fds only, not
   // the rest of procfs (/proc/sys is writable by uid 0 whatever its capabilities).
   step('bind-mount /proc/self/fd on /proc', () => mount('/proc/self/fd', '/proc', null, MS_BIND));
   const procSelfFd = step('open /proc (our fd directory) O_PATH', () => openPath('/proc', O_NOFOLLOW));
-  if (sharedDir === '/') {
-    log.debug('sandbox: shared dir is /, no pivot_root');
-  } else {
-    step(`bind-mount ${sharedDir} on itself`, () => mount(sharedDir, sharedDir, null, MS_BIND | MS_REC));
+  if (pivot) {
     step(`chdir ${sharedDir}`, () => process.chdir(sharedDir));
     step('pivot_root . .', () => pivotRoot('.', '.'));
     step('umount2 old root MNT_DETACH', () => umount2('.', MNT_DETACH));
+  } else {
+    log.debug('shared dir is /, no pivot_root');
   }
   step('chdir /', () => process.chdir('/'));
   const rootFd = step('open / O_PATH', () => openPath('/'));
