@@ -44,6 +44,8 @@ export interface StartOptions {
   extraArgs?: string[];
   socketPath?: string;
   timeoutMs?: number;
+  /** Program and leading arguments that start our daemon (default: src/daemon/main.ts through tsx). */
+  vfsCommand?: string[];
 }
 
 export function tempSocketPath(tag: string): string {
@@ -59,12 +61,11 @@ export async function startDaemon(kind: BackendKind, o: StartOptions): Promise<D
   // Extra daemon arguments for a whole run (e.g. VFS_TEST_DAEMON_ARGS="--seccomp none" while debugging).
   const envArgs = kind === 'vfs' ? (process.env.VFS_TEST_DAEMON_ARGS ?? '').split(' ').filter((a) => a !== '') : [];
   common.push(...envArgs);
+  const entry = process.env.VFS_TEST_DAEMON === 'entry' ? 'test/frontend/backend-entry.ts' : 'src/daemon/main.ts';
+  const vfsCmd = o.vfsCommand ?? [process.execPath, '--import', 'tsx', path.join(REPO, entry)];
   const proc =
     kind === 'vfs'
-      ? spawn(process.execPath, ['--import', 'tsx', path.join(REPO, process.env.VFS_TEST_DAEMON === 'entry' ? 'test/frontend/backend-entry.ts' : 'src/daemon/main.ts'), ...common], {
-          cwd: REPO,
-          stdio: ['ignore', logFd, logFd],
-        })
+      ? spawn(vfsCmd[0], [...vfsCmd.slice(1), ...common], { cwd: REPO, stdio: ['ignore', logFd, logFd] })
       : spawn(findVirtiofsd(), [...common, '--log-level', 'error'], { stdio: ['ignore', logFd, logFd] });
   fs.closeSync(logFd);
   if (proc.pid === undefined) throw new Error(`could not start ${kind}`);

@@ -47,6 +47,13 @@ export function allocRing(mem: GuestMemory, size: number, regionIndex = 0, atLea
   };
 }
 
+const fenceCell = new Int32Array(new SharedArrayBuffer(4));
+
+/** A full memory barrier (lock-prefixed read-modify-write on x86). */
+export function fence(): void {
+  Atomics.add(fenceCell, 0, 1);
+}
+
 /** vring_need_event from the virtio spec: has `event` been crossed moving old -> next? */
 export function needEvent(event: number, next: number, old: number): boolean {
   return ((next - event - 1) & 0xffff) < ((next - old) & 0xffff);
@@ -64,7 +71,9 @@ export class SplitQueue {
   /** Next used index to consume. */
   lastUsed = 0;
   kicks = 0;
+  lastDecision = { ev: 0, next: 0, old: 0 };
   interrupts = 0;
+  missedInterrupts = 0;
   private readonly free: number[] = [];
   /** Descriptor ids of each in-flight chain, by head id. */
   private readonly chains = new Map<number, number[]>();
@@ -170,10 +179,19 @@ export class SplitQueue {
     const old = this.publishedIdx;
     const next = this.availIdx;
     if (this.eventIdx) this.avail.writeUInt16LE(this.lastUsed, 4 + 2 * this.size); // used_event
+    // A full barrier between publishing avail.idx and reading avail_event / used.flags (the
+    // spec's mb()): x86 may otherwise let the load pass the store, and a device that has
+    // just set avail_event would never hear of this request. Atomics on a view of mmap'd
+    // memory (not a SharedArrayBuffer) are not enough: a locked add on a SharedArrayBuffer is.
     this.avail.writeUInt16LE(next, 2);
+    fence();
     this.publishedIdx = next;
     let kick: boolean;
-    if (this.eventIdx) kick = needEvent(this.used.readUInt16LE(4 + USED_ELEM_SIZE * this.size), next, old);
+    if (this.eventIdx) {
+      const ev = this.used.readUInt16LE(4 + USED_ELEM_SIZE * this.size);
+      this.lastDecision = { ev, next, old };
+      kick = needEvent(ev, next, old);
+    }
     else kick = (this.used.readUInt16LE(0) & USED_F_NO_NOTIFY) === 0;
     if (kick || forceKick) this.kick();
   }
@@ -221,6 +239,9 @@ export class SplitQueue {
       if (left <= 0) return [];
       if (this.epoll.wait(Math.min(left, 1000)) > 0) {
         if (eventfdRead(this.callFd) > 0n) this.interrupts++;
+      } else if (this.usedIdx() !== this.lastUsed) {
+        // Completed, yet no interrupt came for a whole second: the device missed a signal.
+        this.missedInterrupts++;
       }
     }
   }

@@ -176,9 +176,11 @@ export class VirtioFsFrontend {
     if (s !== undefined) return s;
     const region = this.opts.bufRegion ?? 0;
     const atLeast = this.opts.bufAtLeast ?? 0;
+    // hiprio only carries FORGET/BATCH_FORGET (and INTERRUPT): small slots will do.
+    const bytes = queue === HIPRIO ? Math.min(this.slotBytes, 64 * 1024) : this.slotBytes;
     return {
-      inGpa: this.mem.alloc(this.slotBytes, 4096, region, atLeast),
-      outGpa: this.mem.alloc(this.slotBytes, 4096, region, atLeast),
+      inGpa: this.mem.alloc(bytes, 4096, region, atLeast),
+      outGpa: this.mem.alloc(bytes, 4096, region, atLeast),
     };
   }
 
@@ -192,7 +194,7 @@ export class VirtioFsFrontend {
     const out: Buf[] = [];
     let o = slot.inGpa;
     for (const p of parts) {
-      if (o + p.length > slot.inGpa + this.slotBytes) throw new RangeError('request larger than a slot');
+      if (o + p.length > slot.inGpa + this.slotBytes || (queue === HIPRIO && o + p.length > slot.inGpa + 64 * 1024)) throw new RangeError('request larger than a slot');
       this.mem.write(o, p);
       out.push({ gpa: o, len: p.length });
       o += p.length;
@@ -203,7 +205,7 @@ export class VirtioFsFrontend {
       inb.push({ gpa: w, len: l });
       w += l;
     }
-    if (w > slot.outGpa + this.slotBytes) throw new RangeError('reply larger than a slot');
+    if (w > slot.outGpa + (queue === HIPRIO ? Math.min(this.slotBytes, 64 * 1024) : this.slotBytes)) throw new RangeError('reply larger than a slot');
     const head = q.add(out, inb, this.opts.indirect === true);
     this.pending[queue].set(head, { slot, replyLens: [...replyLens], tag });
     return head;
@@ -241,6 +243,14 @@ export class VirtioFsFrontend {
       const done = used.map((u) => this.finish(queue, u)).filter((c): c is Completion => c !== undefined);
       if (done.length > 0) return done;
     }
+  }
+
+  /** Completions already on the used ring of `queue`, without waiting. */
+  reap(queue = REQUEST): Completion[] {
+    return this.queues[queue]
+      .poll()
+      .map((u) => this.finish(queue, u))
+      .filter((c): c is Completion => c !== undefined);
   }
 
   /** One request, one reply. */

@@ -1,0 +1,380 @@
+// vhost-user-fs load generator: the test frontend (test/frontend) drives our daemon and the
+// reference virtiofsd with the same FUSE workloads at queue depth 1 and 16, and prints
+// ops/s and daemon CPU time per op (utime+stime from /proc/PID/stat) side by side, plus
+// idle and loaded RSS (VmRSS). See bench/README.md.
+//
+//   node --import tsx bench/vhost-bench.ts [--seconds S] [--depths 1,16] [--only name,...]
+//        [--cpu-prof DIR] [--from-source]
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { startDaemon, findVirtiofsd, cpuTicks, rssKiB, waitExit, REPO, type BackendKind, type Daemon } from '../test/frontend/daemons.js';
+import { VirtioFsFrontend, HIPRIO, REQUEST, type FuseReply } from '../test/frontend/virtio-fs.js';
+import { FuseClient, O_RDWR, O_CREAT, O_EXCL, S_IFREG } from '../test/frontend/fuse-client.js';
+import * as F from '../test/frontend/fuse-requests.js';
+
+const args = process.argv.slice(2);
+function opt(name: string): string | undefined {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+}
+const SECONDS = Number(opt('--seconds') ?? 2);
+const DEPTHS = (opt('--depths') ?? '1,16').split(',').map(Number);
+const ONLY = opt('--only')?.split(',');
+const CPU_PROF = opt('--cpu-prof');
+const FROM_SOURCE = args.includes('--from-source');
+const BACKENDS = (opt('--backends') ?? 'vfs,virtiofsd').split(',') as BackendKind[];
+const TICK_US = 1e6 / Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim() || 100);
+
+const FILE_SIZE = 64 << 20;
+const DIR_ENTRIES = 10000;
+
+interface Req {
+  parts: Buffer[];
+  replyLens: number[];
+  queue?: number;
+}
+
+/** One stream: gets the reply to its previous request (undefined at start), returns the next. */
+type Stream = (reply: FuseReply | undefined) => Req;
+
+interface Workload {
+  name: string;
+  /** Builds `depth` independent streams; `done()` counts one finished op. */
+  streams(c: FuseClient, depth: number, done: () => void): Stream[];
+}
+
+function ok(r: FuseReply | undefined, what: string): FuseReply {
+  if (r === undefined || r.header.error !== 0) throw new Error(`${what} failed: ${r === undefined ? 'no reply' : r.header.error}`);
+  return r;
+}
+
+/** FORGET on the hiprio queue; it has no reply: fire it now, reap its used entry later. */
+function forget(c: FuseClient, node: bigint, n: number): void {
+  c.fe.enqueue([F.request(F.Op.FORGET, node, [F.forgetIn(n)])], [], HIPRIO);
+  c.fe.queues[HIPRIO].publish();
+  if (c.fe.queues[HIPRIO].freeCount < 8) c.fe.complete(HIPRIO);
+  else c.fe.reap(HIPRIO);
+}
+
+const rq = (op: number, node: bigint, a: Buffer[], replyLens: number[], data?: Buffer): Req => {
+  const len = F.IN_HEADER + a.reduce((n, b) => n + b.length, 0) + (data?.length ?? 0);
+  const head = F.request(op, node, a, { len });
+  return { parts: data === undefined ? [head] : [head, data], replyLens };
+};
+
+interface Nodes {
+  small: bigint;
+  big: bigint;
+  bigFh: bigint;
+  w: bigint;
+  wFh: bigint;
+  many: bigint;
+}
+let nodes: Nodes;
+/** Distinct per run, so names created by one run never collide with another's leftovers. */
+let runId = 0;
+
+const workloads: Workload[] = [
+  {
+    name: 'getattr',
+    streams: (_c, depth, done) =>
+      Array.from({ length: depth }, () => (r) => {
+        if (r !== undefined) {
+          ok(r, 'GETATTR');
+          done();
+        }
+        return rq(F.Op.GETATTR, nodes.small, [F.getattrIn()], [F.OUT_HEADER, F.ATTR_OUT]);
+      }),
+  },
+  {
+    name: 'lookup+forget',
+    streams: (c, depth, done) =>
+      Array.from({ length: depth }, () => (r) => {
+        if (r !== undefined) {
+          const e = F.parseEntry(ok(r, 'LOOKUP').body);
+          // FORGET goes on the hiprio queue and has no reply: fire it, reap it later.
+          forget(c, e.nodeid, 1);
+          done();
+        }
+        return rq(F.Op.LOOKUP, F.ROOT_ID, [F.cstr('small')], [F.OUT_HEADER, F.ENTRY_OUT]);
+      }),
+  },
+  {
+    name: '4k-randread',
+    streams: (_c, depth, done) =>
+      Array.from({ length: depth }, () => (r) => {
+        if (r !== undefined) {
+          if (ok(r, 'READ').body.length !== 4096) throw new Error('short 4 KiB read');
+          done();
+        }
+        const off = Math.floor(Math.random() * (FILE_SIZE / 4096)) * 4096;
+        return rq(F.Op.READ, nodes.big, [F.rwIn(nodes.bigFh, off, 4096)], [F.OUT_HEADER, 4096]);
+      }),
+  },
+  {
+    name: '1m-seqread',
+    streams: (_c, depth, done) => {
+      let next = 0;
+      return Array.from({ length: depth }, () => (r) => {
+        if (r !== undefined) {
+          if (ok(r, 'READ').body.length !== 1 << 20) throw new Error('short 1 MiB read');
+          done();
+        }
+        const off = next;
+        next = (next + (1 << 20)) % FILE_SIZE;
+        return rq(F.Op.READ, nodes.big, [F.rwIn(nodes.bigFh, off, 1 << 20)], [F.OUT_HEADER, 1 << 20]);
+      });
+    },
+  },
+  {
+    name: '4k-write',
+    streams: (_c, depth, done) => {
+      const data = Buffer.alloc(4096, 0x5a);
+      return Array.from({ length: depth }, () => (r) => {
+        if (r !== undefined) {
+          if (ok(r, 'WRITE').body.readUInt32LE(0) !== 4096) throw new Error('short write');
+          done();
+        }
+        const off = Math.floor(Math.random() * 4096) * 4096;
+        return rq(F.Op.WRITE, nodes.w, [F.rwIn(nodes.wFh, off, 4096)], [F.OUT_HEADER, F.WRITE_OUT], data);
+      });
+    },
+  },
+  {
+    name: 'create+unlink',
+    streams: (c, depth, done) =>
+      Array.from({ length: depth }, (_, k) => {
+        let n = 0;
+        let phase = 0;
+        let created: { node: bigint; fh: bigint } | undefined;
+        const name = (): string => `c${runId}-${k}-${n}`;
+        return (r) => {
+          if (r !== undefined) ok(r, ['CREATE', 'RELEASE', 'UNLINK'][phase]);
+          if (r !== undefined && phase === 0) {
+            created = { node: r.body.readBigUInt64LE(0), fh: r.body.readBigUInt64LE(F.ENTRY_OUT) };
+            phase = 1;
+            return rq(F.Op.RELEASE, created.node, [F.releaseIn(created.fh)], [F.OUT_HEADER]);
+          }
+          if (r !== undefined && phase === 1) {
+            phase = 2;
+            return rq(F.Op.UNLINK, F.ROOT_ID, [F.cstr(name())], [F.OUT_HEADER]);
+          }
+          if (r !== undefined && phase === 2 && created !== undefined) {
+            // As the kernel does once the dentry goes: give back CREATE's lookup.
+            forget(c, created.node, 1);
+            done();
+            n++;
+          }
+          phase = 0;
+          return rq(F.Op.CREATE, F.ROOT_ID, [F.createIn(name(), O_RDWR | O_CREAT | O_EXCL, S_IFREG | 0o644)], [F.OUT_HEADER, F.ENTRY_OUT + F.OPEN_OUT]);
+        };
+      }),
+  },
+  {
+    name: 'readdirplus-10k',
+    // One op = OPENDIR, READDIRPLUS until empty, RELEASEDIR; `depth` listings run at once.
+    streams: (c, depth, done) =>
+      Array.from({ length: depth }, () => {
+        let fh = -1n;
+        let off = 0n;
+        let seen = 0;
+        let last = '';
+        return (r) => {
+          if (r !== undefined) ok(r, last);
+          if (last === 'OPENDIR' && r !== undefined) {
+            fh = r.body.readBigUInt64LE(0);
+            off = 0n;
+            seen = 0;
+          } else if (last === 'READDIRPLUS' && r !== undefined) {
+            const ents = F.parseDirentPlus(r.body);
+            if (ents.length > 0) {
+              seen += ents.length;
+              off = ents[ents.length - 1].off;
+              // The entries each took a lookup: give them back, as the kernel would later.
+              const items = ents.filter((e) => e.entry.nodeid !== 0n).map((e) => ({ nodeid: e.entry.nodeid, nlookup: 1 }));
+              if (items.length > 0) {
+                c.fe.enqueue([F.request(F.Op.BATCH_FORGET, 0n, [F.batchForgetIn(items)])], [], HIPRIO);
+                c.fe.queues[HIPRIO].publish();
+                if (c.fe.queues[HIPRIO].freeCount < 8) c.fe.complete(HIPRIO);
+                else c.fe.reap(HIPRIO);
+              }
+            } else {
+              if (seen < DIR_ENTRIES) throw new Error(`listing ended after ${seen} entries`);
+              last = 'RELEASEDIR';
+              return rq(F.Op.RELEASEDIR, nodes.many, [F.releaseIn(fh)], [F.OUT_HEADER]);
+            }
+          } else if (last === 'RELEASEDIR') {
+            done();
+          }
+          if (last === '' || last === 'RELEASEDIR') {
+            last = 'OPENDIR';
+            return rq(F.Op.OPENDIR, nodes.many, [F.openIn(0o200000)], [F.OUT_HEADER, F.OPEN_OUT]);
+          }
+          last = 'READDIRPLUS';
+          return rq(F.Op.READDIRPLUS, nodes.many, [F.rwIn(fh, off, 64 * 1024)], [F.OUT_HEADER, 64 * 1024]);
+        };
+      }),
+  },
+];
+
+interface Result {
+  ops: number;
+  seconds: number;
+  /** Daemon CPU (utime+stime) over the cell. */
+  cpuUs: number;
+  /** The load generator's own CPU over the cell (when it nears the wall time, it is the limit). */
+  frontendUs: number;
+}
+
+/** Run `w` at `depth` for `seconds` and until at least `minOps` ops have finished. */
+function run(c: FuseClient, d: Daemon, w: Workload, depth: number, seconds: number, minOps = 1): Result {
+  const fe = c.fe;
+  let ops = 0;
+  runId++;
+  const streams = w.streams(c, depth, () => ops++);
+  const cpu0 = cpuTicks(d.pid);
+  const self0 = process.cpuUsage();
+  const t0 = process.hrtime.bigint();
+  const end = t0 + BigInt(Math.round(seconds * 1e9));
+  const submit = (k: number, r: FuseReply | undefined): void => {
+    const q = streams[k](r);
+    fe.enqueue(q.parts, q.replyLens, q.queue ?? REQUEST, k);
+  };
+  for (let k = 0; k < depth; k++) submit(k, undefined);
+  fe.queues[REQUEST].publish();
+  let stopping = false;
+  while (fe.inFlight(REQUEST) > 0) {
+    let got;
+    try {
+      got = fe.complete(REQUEST);
+    } catch (e) {
+      const q = fe.queues[REQUEST];
+      console.error(`stuck after ${ops} ops: avail ${q.availIdx} used ${q.usedIdx()} lastUsed ${q.lastUsed} avail_event ${q.used.readUInt16LE(4 + 8 * q.size)} used_flags ${q.used.readUInt16LE(0)} kicks ${q.kicks} last ${JSON.stringify(q.lastDecision)}`);
+      throw e;
+    }
+    if (!stopping && ops >= minOps && process.hrtime.bigint() >= end) stopping = true;
+    for (const done of got) {
+      if (!stopping) submit(done.tag, done.reply);
+      else streams[done.tag](done.reply);
+    }
+    if (!stopping) fe.queues[REQUEST].publish();
+  }
+  while (fe.inFlight(HIPRIO) > 0) fe.complete(HIPRIO);
+  const cpu1 = cpuTicks(d.pid);
+  const t1 = process.hrtime.bigint();
+  // Ops finished while draining count, and so does the drain time.
+  const self = process.cpuUsage(self0);
+  return { ops, seconds: Number(t1 - t0) / 1e9, cpuUs: (cpu1 - cpu0) * TICK_US, frontendUs: self.user + self.system };
+}
+
+function prepare(dir: string): void {
+  const big = Buffer.alloc(FILE_SIZE);
+  for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE(i, i);
+  fs.writeFileSync(path.join(dir, 'big'), big);
+  fs.writeFileSync(path.join(dir, 'w'), Buffer.alloc(16 << 20));
+  fs.writeFileSync(path.join(dir, 'small'), 'small file\n');
+  const many = path.join(dir, 'many');
+  fs.mkdirSync(many);
+  for (let i = 0; i < DIR_ENTRIES; i++) fs.writeFileSync(path.join(many, `entry-${i}`), '');
+}
+
+interface Row {
+  workload: string;
+  depth: number;
+  res: Partial<Record<BackendKind, Result>>;
+}
+
+async function bench(kind: BackendKind, shared: string, rows: Row[]): Promise<{ idle: number; loaded: number; startMs: number }> {
+  const extra: string[] = [];
+  let vfsCommand: string[] | undefined;
+  if (kind === 'vfs') {
+    const dist = path.join(REPO, 'dist/daemon/main.js');
+    const prof = CPU_PROF !== undefined ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(CPU_PROF)] : [];
+    if (process.env.VFS_TEST_DAEMON === 'entry') vfsCommand = [process.execPath, ...prof, '--import', 'tsx', path.join(REPO, 'test/frontend/backend-entry.ts')];
+    else if (!FROM_SOURCE && fs.existsSync(dist)) vfsCommand = [process.execPath, ...prof, dist];
+    else vfsCommand = [process.execPath, ...prof, '--import', 'tsx', path.join(REPO, 'src/daemon/main.ts')];
+    console.error(`vfs: ${vfsCommand.slice(1).join(' ')}`);
+  } else {
+    console.error(`virtiofsd: ${findVirtiofsd()}`);
+  }
+  const t0 = Date.now();
+  const d = await startDaemon(kind, { sharedDir: shared, extraArgs: extra, vfsCommand });
+  const startMs = Date.now() - t0;
+  let loaded = 0;
+  let idle: number;
+  try {
+    const fe = VirtioFsFrontend.open({ socketPath: d.socketPath, queueSize: 256, regions: [{ gpa: 0, size: 512 << 20 }], timeoutMs: 30000 });
+    const c = new FuseClient(fe);
+    c.doInit();
+    const big = c.lookup(F.ROOT_ID, 'big').nodeid;
+    const w = c.lookup(F.ROOT_ID, 'w').nodeid;
+    nodes = {
+      small: c.lookup(F.ROOT_ID, 'small').nodeid,
+      big,
+      bigFh: c.open(big),
+      w,
+      wFh: c.open(w, O_RDWR),
+      many: c.lookup(F.ROOT_ID, 'many').nodeid,
+    };
+    await new Promise((r) => setTimeout(r, 300));
+    idle = rssKiB(d.pid);
+    for (const wl of workloads) {
+      if (ONLY !== undefined && !ONLY.includes(wl.name)) continue;
+      for (const depth of DEPTHS) {
+        let row = rows.find((r) => r.workload === wl.name && r.depth === depth);
+        if (row === undefined) rows.push((row = { workload: wl.name, depth, res: {} }));
+        run(c, d, wl, depth, Math.min(0.5, SECONDS / 4)); // warm-up: JIT, page cache, inode tables
+        row.res[kind] = run(c, d, wl, depth, SECONDS);
+        loaded = Math.max(loaded, rssKiB(d.pid));
+        const r = row.res[kind];
+        console.error(`  ${kind} ${wl.name} qd${depth}: ${(r.ops / r.seconds).toFixed(0)} ops/s, load generator CPU ${((100 * r.frontendUs) / 1e6 / r.seconds).toFixed(0)}%, missed interrupts ${c.fe.queues.map((q) => q.missedInterrupts).join('/')}`);
+      }
+    }
+    fe.close();
+    await waitExit(d, 10000);
+  } catch (e) {
+    console.error(`${kind} log (last lines):\n${d.log().split('\n').slice(-30).join('\n')}`);
+    throw e;
+  } finally {
+    await d.stop();
+    fs.rmSync(path.dirname(d.socketPath), { recursive: true, force: true });
+  }
+  return { idle, loaded, startMs };
+}
+
+function fmt(n: number, w: number): string {
+  return n.toFixed(n >= 100 ? 0 : n >= 10 ? 1 : 2).padStart(w);
+}
+
+async function main(): Promise<void> {
+  const shared = fs.mkdtempSync(path.join(os.tmpdir(), 'vfs-bench-'));
+  try {
+    prepare(shared);
+    const rows: Row[] = [];
+    const mem: Partial<Record<BackendKind, { idle: number; loaded: number; startMs: number }>> = {};
+    for (const kind of BACKENDS) mem[kind] = await bench(kind, shared, rows);
+    console.log(`\nvhost-user-fs bench: ${SECONDS}s per cell, ${os.cpus().length} CPUs, node ${process.version}; CPU = daemon utime+stime per op\n`);
+    console.log(`${'workload'.padEnd(16)}${'qd'.padStart(4)} | ${'vfs ops/s'.padStart(10)}${'vfsd ops/s'.padStart(11)}${'ratio'.padStart(7)} | ${'vfs µs/op'.padStart(10)}${'vfsd µs/op'.padStart(11)}${'ratio'.padStart(7)}`);
+    console.log('-'.repeat(80));
+    for (const r of rows) {
+      const a = r.res.vfs;
+      const b = r.res.virtiofsd;
+      const ra = a !== undefined ? a.ops / a.seconds : NaN;
+      const rb = b !== undefined ? b.ops / b.seconds : NaN;
+      const ca = a !== undefined && a.ops > 0 ? a.cpuUs / a.ops : NaN;
+      const cb = b !== undefined && b.ops > 0 ? b.cpuUs / b.ops : NaN;
+      console.log(`${r.workload.padEnd(16)}${String(r.depth).padStart(4)} | ${fmt(ra, 10)}${fmt(rb, 11)}${fmt(ra / rb, 7)} | ${fmt(ca, 10)}${fmt(cb, 11)}${fmt(ca / cb, 7)}`);
+    }
+    console.log('-'.repeat(80));
+    const m = (k: BackendKind, f: 'idle' | 'loaded'): string => `${((mem[k]?.[f] ?? 0) / 1024).toFixed(1)} MB`;
+    console.log(`RSS idle (connected, after INIT): vfs ${m('vfs', 'idle')}, virtiofsd ${m('virtiofsd', 'idle')}`);
+    console.log(`RSS loaded (max after each cell): vfs ${m('vfs', 'loaded')}, virtiofsd ${m('virtiofsd', 'loaded')}`);
+    console.log(`start to listening: vfs ${mem.vfs?.startMs ?? 0} ms, virtiofsd ${mem.virtiofsd?.startMs ?? 0} ms`);
+  } finally {
+    fs.rmSync(shared, { recursive: true, force: true });
+  }
+}
+
+await main();
