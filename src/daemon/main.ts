@@ -113,7 +113,7 @@ async function run(argv: string[]): Promise<number> {
   process.on('SIGHUP', stop);
 
   const capabilities = resolveCapabilities(cfg.modcaps);
-  const seccomp = process.env.VFS_NO_POLICY_YET ? { mode: "none" as const, files: [] } : prepareSeccomp(cfg.seccomp, cfg.seccompPolicies);
+  const seccomp = prepareSeccomp(cfg.seccomp, cfg.seccompPolicies);
   const transport = openTransport(cfg);
   try {
     const worker = await startWorker();
