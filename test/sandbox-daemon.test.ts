@@ -12,6 +12,7 @@ import path from 'node:path';
 import { VirtioFsFrontend } from './frontend/virtio-fs.js';
 import { FuseClient, FuseError } from './frontend/fuse-client.js';
 import { ROOT_ID } from './frontend/fuse-requests.js';
+import { listenUnix } from '../src/sys/socket-calls.js';
 import { DAEMON, ROOT, ensureUser, expectedCaps, mountsOf, nsOf, procStatus, startLauncher, stopLauncher, waitSandboxed } from './sandbox-helpers.js';
 import type { Launched } from './sandbox-helpers.js';
 
@@ -140,4 +141,19 @@ test.serial('--mountpoint: the launcher mounts in the host namespace, the sandbo
   t.is(fs.readFileSync(path.join(share, 'through-mount'), 'utf8'), 'x');
   t.is((await stopLauncher(l)).code, 0, l.stderr());
   t.false(isMounted(), 'unmounted after the daemon exits');
+});
+
+test.serial('libvirt form: an inherited listening socket (--fd=3, -o source=...) served from the namespace sandbox', async (t) => {
+  const { share, sock } = setup(t);
+  // Made the way libvirt makes it: bound and listening before the launcher starts.
+  const fd = listenUnix(sock);
+  t.teardown(() => fs.closeSync(fd));
+  const sc = seccomp();
+  const l = startLauncher(['--fd=3', '-o', `source=${share},cache=auto,sandbox=namespace,no_xattr`, '--thread-pool-size=4', ...sc.args], { entry: DAEMON, env: sc.env, fd3: fd });
+  t.teardown(async () => { await stopLauncher(l); });
+  const pid = await waitDaemon(l, () => true);
+  t.is(mountsOf(pid).length, 1);
+  const c = connect(t, sock);
+  t.is(c.lookup(ROOT_ID, 'file').attr.size, 8n);
+  t.is((await stopLauncher(l)).code, 0, l.stderr());
 });

@@ -26,7 +26,7 @@ export interface Launched {
 /** The real daemon (vfs-launch's default entry when run from source). */
 export const DAEMON = path.join(ROOT, 'src', 'daemon', 'main.ts');
 
-export function startLauncher(args: readonly string[], opts: { uid?: number; gid?: number; entry?: string; env?: Record<string, string> } = {}): Launched {
+export function startLauncher(args: readonly string[], opts: { uid?: number; gid?: number; entry?: string; env?: Record<string, string>; fd3?: number } = {}): Launched {
   const entry = opts.entry ?? ENTRY;
   const env: Record<string, string | undefined> = { ...process.env, HOME: os.tmpdir(), ...opts.env };
   if (entry === DAEMON) delete env.VFS_DAEMON_ENTRY;
@@ -34,7 +34,8 @@ export function startLauncher(args: readonly string[], opts: { uid?: number; gid
   const proc = spawn(process.execPath, ['--import', 'tsx', LAUNCHER, ...args], {
     cwd: ROOT,
     env,
-    stdio: ['ignore', 'pipe', 'pipe'],
+    // fd3: an fd the launcher inherits as 3 (as libvirt passes its listening socket).
+    stdio: opts.fd3 === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', opts.fd3],
     uid: opts.uid,
     gid: opts.gid,
   });
