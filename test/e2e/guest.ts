@@ -30,6 +30,13 @@ export interface BootOptions {
   timeoutMs?: number;
   /** Called for each console line as it arrives (the guest can wait for the host to act). */
   onLine?: (line: string) => void;
+  /**
+   * Settles when the backend has exited. A backend that dies while the guest runs leaves the
+   * guest's requests unanswered forever, so QEMU is then killed and the boot fails at once.
+   */
+  backendExited?: Promise<unknown>;
+  /** The backend's output, added to a failure's message. */
+  backendOutput?: () => string;
 }
 
 export interface GuestResult {
@@ -47,8 +54,8 @@ export interface GuestResult {
 }
 
 export class GuestError extends Error {
-  constructor(message: string, readonly console: string, readonly stderr: string) {
-    super(`${message}\n--- guest console (tail) ---\n${tail(console)}\n--- qemu stderr ---\n${tail(stderr)}`);
+  constructor(message: string, readonly console: string, readonly stderr: string, readonly backend = '') {
+    super(`${message}\n--- guest console (tail) ---\n${tail(console)}\n--- qemu stderr ---\n${tail(stderr)}\n--- backend output (tail) ---\n${tail(backend)}`);
     this.name = 'GuestError';
   }
 }
@@ -178,29 +185,42 @@ export async function bootGuest(opts: BootOptions): Promise<GuestResult> {
   child.stderr.on('data', (chunk: string) => { stderr += chunk; });
 
   let timedOut = false;
+  let backendDied = false;
+  let qemuDone = false;
   const timer = setTimeout(() => {
     timedOut = true;
     child.kill('SIGKILL');
   }, timeoutMs);
+  void opts.backendExited?.then(() => {
+    // A normal backend exits only after QEMU has gone; give QEMU a moment to notice too.
+    setTimeout(() => {
+      if (qemuDone) return;
+      backendDied = true;
+      child.kill('SIGKILL');
+    }, 3000).unref();
+  });
   const exitCode = await new Promise<number | null>((resolve, reject) => {
     child.once('error', reject);
     child.once('close', (code) => resolve(code));
   }).finally(() => {
+    qemuDone = true;
     clearTimeout(timer);
     process.removeListener('exit', killOnExit);
   });
   consoleText += pending;
   const totalMs = Date.now() - start;
 
-  if (timedOut) throw new GuestError(`guest timed out after ${timeoutMs} ms`, consoleText, stderr);
+  const backendText = opts.backendOutput?.() ?? '';
+  if (backendDied) throw new GuestError('the backend exited while the guest was running', consoleText, stderr, backendText);
+  if (timedOut) throw new GuestError(`guest timed out after ${timeoutMs} ms`, consoleText, stderr, backendText);
   const all = consoleText.split('\n');
   const errors = all.filter((l) => l.startsWith(ERROR_MARKER));
   const b = all.indexOf(BEGIN_MARKER);
   const e = all.findIndex((l) => l.startsWith(`${END_MARKER} rc=`));
   if (b < 0 || e < b) {
-    throw new GuestError(`guest did not run the script (qemu exit ${exitCode}; ${errors.join('; ') || 'no markers'})`, consoleText, stderr);
+    throw new GuestError(`guest did not run the script (qemu exit ${exitCode}; ${errors.join('; ') || 'no markers'})`, consoleText, stderr, backendText);
   }
-  if (errors.length > 0) throw new GuestError(`guest /init reported: ${errors.join('; ')}`, consoleText, stderr);
+  if (errors.length > 0) throw new GuestError(`guest /init reported: ${errors.join('; ')}`, consoleText, stderr, backendText);
   return {
     lines: all.slice(b + 1, e),
     rc: Number(all[e].slice(`${END_MARKER} rc=`.length)),

@@ -146,6 +146,8 @@ async function runMode(t: ExecutionContext, mode: SandboxMode): Promise<void> {
     socketPath: sock1,
     script: SCRIPT_MAIN,
     queueSize: 1024,
+    backendExited: d1.exited,
+    backendOutput: d1.output,
     timeoutMs: 420_000,
     onLine(line) {
       if (line !== 'SYNC_GUEST_READY') return;
@@ -219,7 +221,9 @@ async function runMode(t: ExecutionContext, mode: SandboxMode): Promise<void> {
   const sock2 = path.join(work, 'vfs2.sock');
   const d2 = await startBackend({ kind: KIND, sharedDir: share, socketPath: sock2, sandbox: mode });
   backends.push(d2);
-  const r2 = await bootGuest({ socketPath: sock2, script: SCRIPT_SECOND, queueSize: 1024, timeoutMs: 180_000 });
+  const r2 = await bootGuest({
+    socketPath: sock2, script: SCRIPT_SECOND, queueSize: 1024, timeoutMs: 180_000, backendExited: d2.exited, backendOutput: d2.output,
+  });
   t.log(`${KIND} --sandbox ${mode}: boot 2 share mounted after ${r2.bootMs} ms, total ${r2.totalMs} ms`);
   const k2 = keyed(r2.lines);
   t.is(r2.rc, 0, r2.console);
