@@ -56,3 +56,20 @@ test('none installs nothing and says so', async (t) => {
   t.regex(r.stderr, /--seccomp none: no seccomp filter installed/);
   for (const th of r.json!.out as { seccomp: string }[]) t.is(th.seccomp, '0');
 });
+
+test('the kernel audit record of the kill names the syscall', async (t) => {
+  const { describeSeccompKill, seccompAuditRecords } = await import('../src/sandbox/seccomp/audit.js');
+  const r = execa(process.execPath, ['--import', 'tsx', CHILD, 'kill', 'forbidden'], { reject: false, timeout: 60000 });
+  const pid = r.pid!;
+  const done = await r;
+  t.is(done.signal, 'SIGSYS');
+  const want = process.arch === 'x64' ? 'syscall 103 (syslog)' : 'syscall 116 (syslog)';
+  // The record can reach the log a moment after the process is reaped.
+  let got: string | undefined;
+  for (let i = 0; i < 50 && got === undefined; i++) {
+    got = describeSeccompKill(pid);
+    if (got === undefined) await new Promise((res) => setTimeout(res, 100));
+  }
+  t.is(got, want);
+  t.is(seccompAuditRecords(pid)[0]?.action, 'KILL_PROCESS');
+});

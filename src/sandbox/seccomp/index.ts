@@ -108,3 +108,6 @@ export function installSeccomp(arg: SeccompMode | PreparedSeccomp, policyFiles?:
 export function syscallName(nr: number, arch: Arch | undefined = hostArch()): string | undefined {
   return arch === undefined ? undefined : archInfo(arch).byNumber.get(nr);
 }
+
+export { describeSeccompKill, seccompAuditRecords } from './audit.js';
+export type { SeccompAuditRecord } from './audit.js';
