@@ -147,9 +147,10 @@ test('virtiofsd form: every option before --, none after', async (t) => {
   t.true(plan.config.fs.announceSubmounts);
   t.is(plan.config.threadPoolSize, 16);
   const cmd = daemonCommand({ config: plan.config, daemonArgs: plan.daemonArgs, uidMap: parseIdMap(':0:100000:65536:') });
-  t.is(cmd.file, 'unshare');
-  const sep = cmd.args.indexOf('--');
-  const unshareArgs = cmd.args.slice(0, sep);
+  t.is(cmd.file, 'setpriv');
+  t.deepEqual(cmd.args.slice(0, 4), ['--pdeathsig', 'KILL', '--', 'unshare']);
+  const sep = cmd.args.indexOf('--', 4);
+  const unshareArgs = cmd.args.slice(4, sep);
   for (const f of ['--mount', '--pid', '--net', '--ipc', '--uts', '--fork', '--kill-child', '--user', '--map-users=100000,0,65536']) t.true(unshareArgs.includes(f), f);
 });
 

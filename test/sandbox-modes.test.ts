@@ -156,3 +156,14 @@ test.serial('chroot: a seccomp kill is reported with the system call the kernel 
   const syslogNr = process.arch === 'arm64' ? 116 : 103;
   t.regex(l.stderr(), new RegExp(`vfs-launch: daemon killed by SIGSYS \\(seccomp: system call syslog \\(${syslogNr}\\) is outside the policy\\)`));
 });
+
+for (const mode of ['namespace', 'chroot'] as const) {
+  test.serial(`${mode}: a launcher killed with SIGKILL takes the daemon with it`, async (t) => {
+    const { l, pid } = await launch(t, mode);
+    l.proc.kill('SIGKILL');
+    await l.exited;
+    const deadline = Date.now() + 10_000;
+    while (fs.existsSync(`/proc/${pid}`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    t.false(fs.existsSync(`/proc/${pid}`), 'daemon gone');
+  });
+}

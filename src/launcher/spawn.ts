@@ -5,7 +5,9 @@
 // child is killed, sh reports it as 128+N. setpriv then narrows the bounding set and sets
 // no_new_privs before Node's first thread exists, so the threads Node starts on its own
 // (V8 platform, libuv pool) never hold more than the kept set plus what the sandbox stage
-// needs; the daemon drops the rest on its main and device threads.
+// needs; the daemon drops the rest on its main and device threads. The process tree is
+// vfs-launch -> setpriv(pdeathsig)=unshare -> sh -> setpriv=node (namespace) or
+// vfs-launch -> setpriv=node (chroot, none).
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -81,10 +83,13 @@ export function daemonCommand(inputs: CommandInputs): DaemonCommand {
   const setpriv = privileged
     ? ['setpriv', `--bounding-set=-all,${execBoundingSet(inputs.config).map((c) => `+${c}`).join(',')}`, '--no-new-privs', '--']
     : ['setpriv', '--no-new-privs', '--'];
+  // If the launcher dies without forwarding anything (SIGKILL), its child gets a signal too:
+  // unshare is killed, and --kill-child takes the whole namespace with it; a direct daemon
+  // gets SIGTERM and stops cleanly.
   if (mode === 'namespace') {
-    return { file: 'unshare', args: [...unshareArgs(inputs), '--', '/bin/sh', '-c', INIT_SCRIPT, 'vfs-init', ...setpriv, ...node], env };
+    return { file: 'setpriv', args: ['--pdeathsig', 'KILL', '--', 'unshare', ...unshareArgs(inputs), '--', '/bin/sh', '-c', INIT_SCRIPT, 'vfs-init', ...setpriv, ...node], env };
   }
-  return { file: setpriv[0], args: [...setpriv.slice(1), ...node], env };
+  return { file: setpriv[0], args: ['--pdeathsig', 'TERM', ...setpriv.slice(1), ...node], env };
 }
 
 /** Children of a process (needs CONFIG_PROC_CHILDREN, which Debian kernels have). */
@@ -98,7 +103,7 @@ function childrenOf(pid: number): number[] {
 
 /**
  * The daemon's pid as seen from here: the spawned process itself (chroot/none, setpriv
- * execs node), or unshare's grandchild (unshare -> sh -> node) in namespace mode.
+ * execs node), or the spawned process's grandchild (unshare -> sh -> node) in namespace mode.
  */
 export function findDaemonPid(spawnedPid: number, mode: DaemonConfig['sandbox']): number | undefined {
   if (mode !== 'namespace') return spawnedPid;
