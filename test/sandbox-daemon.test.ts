@@ -157,3 +157,19 @@ test.serial('libvirt form: an inherited listening socket (--fd=3, -o source=...)
   t.is(c.lookup(ROOT_ID, 'file').attr.size, 8n);
   t.is((await stopLauncher(l)).code, 0, l.stderr());
 });
+
+test.serial('root, chroot: the real daemon serves from its chroot', async (t) => {
+  const { share, sock } = setup(t);
+  const sc = seccomp();
+  const l = startLauncher(['--shared-dir', share, '--sandbox', 'chroot', ...sc.args, '--', '--socket-path', sock], { entry: DAEMON, env: sc.env });
+  t.teardown(async () => { await stopLauncher(l); });
+  const pid = await waitDaemon(l, () => fs.existsSync(sock));
+  t.is(fs.statSync(`/proc/${pid}/root`).ino, fs.statSync(share).ino);
+  checkThreads(t, pid);
+  const c = connect(t, sock);
+  t.is(errnoOf(() => c.lookup(ROOT_ID, MARKER)), os.constants.errno.ENOENT);
+  const made = c.create(ROOT_ID, 'made-in-chroot');
+  c.release(made.entry.nodeid, made.fh);
+  t.true(fs.existsSync(path.join(share, 'made-in-chroot')));
+  t.is((await stopLauncher(l)).code, 0, l.stderr());
+});
