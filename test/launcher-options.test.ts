@@ -74,6 +74,7 @@ const CASES: Case[] = [
   { name: 'mountpoint missing', argv: (d) => ['--shared-dir', `${d}/share`, '--sandbox', 'none', '--mountpoint', `${d}/mnt`], message: /^vfs-launch: --mountpoint: '.*\/mnt' does not exist; create the directory first$/ },
   { name: 'mountpoint is a file', argv: (d) => ['--shared-dir', `${d}/share`, '--mountpoint', `${d}/afile`], message: /^vfs-launch: --mountpoint: '.*afile' is not a directory; give a directory to mount on$/ },
   { name: 'option without its value', argv: (d) => ['--shared-dir', `${d}/share`, '--socket-path'], message: /^vfs-launch: --socket-path: expects a value/ },
+  { name: 'seccomp policy that is not JSON', argv: (d) => ['--shared-dir', `${d}/share`, '--seccomp-policy', `${d}/afile`, '--socket-path', `${d}/sock-dir/s`], message: /^vfs-launch: --seccomp: the policy does not compile: .*afile.*; fix the policy file or use --seccomp none$/ },
   { name: 'flag given a value', argv: (d) => ['--shared-dir', `${d}/share`, '--xattr=yes', '--socket-path', `${d}/sock-dir/s`], message: /^vfs-launch: --xattr: takes no value$/ },
 ];
 
