@@ -96,6 +96,7 @@ test.serial('root, namespace: the daemon serves only the share; ".." and host pa
   if (up !== undefined) t.is(up.attr.ino, shareIno, '".." of the root is the root');
   t.not(errnoOf(() => c.lookup(up?.nodeid ?? ROOT_ID, MARKER)), undefined, 'the marker beside the share is not found');
   t.is(errnoOf(() => c.lookup(ROOT_ID, 'etc')), os.constants.errno.ENOENT);
+  t.is(errnoOf(() => c.lookup(ROOT_ID, 'proc')), os.constants.errno.ENOENT, 'no /proc from the guest side');
   const link = c.lookup(ROOT_ID, 'abs-link');
   t.is(link.attr.mode & 0o170000, 0o120000, 'the absolute symlink is served as a symlink, not followed');
   const made = c.create(ROOT_ID, 'made-by-guest');
