@@ -5,6 +5,8 @@
 //   forbidden - syslog(SYSLOG_ACTION_SIZE_BUFFER), which no policy allows
 //   io_uring  - io_uring_setup(1, params), which the policy refuses with ENOSYS
 //   none      - nothing (with mode none: checks that nothing was installed)
+//   tsync     - a second worker first installs a filter of its own without TSYNC, so the
+//               TSYNC install must fail naming that worker's thread id
 //   node --import tsx test/seccomp-child.ts MODE ACTION [POLICY...]
 import koffi from 'koffi';
 import { readFileSync, readdirSync } from 'node:fs';
@@ -22,8 +24,39 @@ const NR: Record<string, { syslog: number; io_uring_setup: number }> = {
 
 // Everything read after the filter must already be loaded: the status action's fs calls are
 // allowed only in log mode, where the test uses it.
+// The tsync worker: its own one-instruction ALLOW filter (no TSYNC) on its own thread only.
+const OWN_FILTER = `
+const koffi = require(${JSON.stringify(import.meta.resolve('koffi').replace('file://', ''))});
+const { parentPort } = require('node:worker_threads');
+const libc = koffi.load('libc.so.6');
+const prctl = libc.func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)');
+const syscall = libc.func('long syscall(long, ...)');
+const gettid = libc.func('int gettid()');
+const Fprog = koffi.struct('child_fprog', { len: 'uint16_t', filter: 'void *' });
+const insn = Buffer.alloc(8); insn.writeUInt16LE(0x06, 0); insn.writeUInt32LE(0x7fff0000, 4);
+prctl(38, 1, 0, 0, 0);
+const r = syscall(process.arch === 'x64' ? 317 : 277, 'unsigned int', 1, 'unsigned int', 0, koffi.pointer(Fprog), { len: 1, filter: insn });
+parentPort.postMessage({ tid: gettid(), r: Number(r) });
+setInterval(() => {}, 1000);
+`;
+
+async function tsyncConflict(): Promise<unknown> {
+  const w = new Worker(OWN_FILTER, { eval: true });
+  const own = await new Promise<{ tid: number; r: number }>((res) => w.once('message', res));
+  try {
+    installSeccomp(prepareSeccomp(mode, files.length > 0 ? files : undefined));
+    return { own, error: null };
+  } catch (e) {
+    return { own, error: (e as Error).name, tid: (e as { tid?: number }).tid, message: (e as Error).message };
+  }
+}
+
 const worker = new Worker('setInterval(() => {}, 1000)', { eval: true });
-worker.once('online', () => {
+worker.once('online', async () => {
+  if (action === 'tsync') {
+    process.stdout.write(JSON.stringify({ report: null, out: await tsyncConflict() }) + '\n');
+    process.exit(0);
+  }
   const prepared = prepareSeccomp(mode, files.length > 0 ? files : undefined);
   const report = installSeccomp(prepared);
   const nr = NR[process.arch]!;

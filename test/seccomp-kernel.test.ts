@@ -73,3 +73,13 @@ test('the kernel audit record of the kill names the syscall', async (t) => {
   t.is(got, want);
   t.is(seccompAuditRecords(pid)[0]?.action, 'KILL_PROCESS');
 });
+
+test('a thread TSYNC cannot synchronise makes the install fail, naming its thread id', async (t) => {
+  const r = await child('kill', 'tsync');
+  t.is(r.exitCode, 0, r.stderr);
+  const out = r.json!.out as { own: { tid: number; r: number }; error: string; tid: number; message: string };
+  t.is(out.own.r, 0, 'the worker installed its own filter');
+  t.is(out.error, 'SeccompTsyncError');
+  t.is(out.tid, out.own.tid);
+  t.regex(out.message, new RegExp(`thread ${out.own.tid} cannot be synchronised`));
+});
