@@ -52,7 +52,19 @@ test('requests before INIT get EIO; INIT negotiates version and flags', (t) => {
     t.is(o.flags & InitFlag.WRITEBACK_CACHE, 0, 'only flags the client offered');
     t.is(o.maxWrite, 1 << 20);
     t.is(o.maxPages, 256);
-    t.is(send(f.session, request(Op.INIT, [Buffer.alloc(64)]))?.error, EIO, 'a second INIT is refused');
+  })(t);
+});
+
+test('a second INIT (a rebooted guest) starts a fresh session: old node ids are gone', (t) => {
+  withFs((t, f) => {
+    init(f.session);
+    fs.writeFileSync(path.join(f.dir, 'a'), 'hello');
+    const a = entryOf(lookup(f, 1, 'a')).nodeid;
+    t.true(fuseServerFdCount(f.session) >= 1);
+    t.is(initOut(init(f.session)).major, 7, 'the second INIT is answered');
+    t.is(fuseServerFdCount(f.session), 0, 'the old inodes were released');
+    t.is(send(f.session, request(Op.GETATTR, [struct(GetattrIn, {})], { nodeid: a }))?.error, ENOENT, 'an old node id is unknown');
+    t.is(entryOf(lookup(f, 1, 'a')).nodeid > 0, true);
   })(t);
 });
 

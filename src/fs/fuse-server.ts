@@ -143,7 +143,14 @@ class FuseServer implements FuseSession {
   private init(): number {
     const s = this.s;
     const req = s.req;
-    if (this.initialized) return -E.EIO;
+    if (this.initialized) {
+      // A rebooted or reset guest starts over with INIT on the same connection: its old
+      // node ids mean nothing any more, so release them as DESTROY would (virtiofsd too
+      // resets its inode store on INIT). A VM pause/resume keeps the rings' state and
+      // sends no INIT, so nothing is lost there.
+      s.log.info('INIT on an initialized session: the client restarted; releasing its inodes and handles');
+      this.release();
+    }
     const major = req.u32(InitIn.off.major);
     const minor = req.u32(InitIn.off.minor);
     const O = InitOut.off;
