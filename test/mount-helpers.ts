@@ -23,8 +23,7 @@ export const PYTHON = '/usr/bin/python3';
  */
 /** 'stub': test/mount-stub-serve.ts, the transport alone behind a scripted session. */
 export type Driver = 'serve' | 'launch' | 'stub';
-export const DRIVER: Driver = process.env.VFS_MOUNT_DRIVER === 'serve' ? 'serve'
-  : process.env.VFS_MOUNT_DRIVER === 'launch' ? 'launch' : 'serve';
+export const DRIVER: Driver = process.env.VFS_MOUNT_DRIVER === 'serve' ? 'serve' : 'launch';
 const LAUNCH_ARGS = (process.env.VFS_MOUNT_LAUNCH_ARGS ?? '').split(' ').filter((a) => a !== '');
 
 function lazyUnmount(dir: string): void {
@@ -109,6 +108,7 @@ export function runServerSync(argv: readonly string[], timeoutMs = 60_000): Spaw
   return spawnSync(argv[0], argv.slice(1), { cwd: ROOT, encoding: 'utf8', timeout: timeoutMs });
 }
 
+const MOUNT_TIMEOUT_MS = 120_000;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Start a server on a fresh dir pair and wait until the mount is there. */
@@ -140,12 +140,14 @@ export async function startServer(extra: readonly string[] = [], dirs: Dirs = ma
     },
   };
   live.add(server);
-  const deadline = Date.now() + 30_000;
+  // vfs-launch compiles the seccomp policy twice (launcher and daemon) before mounting:
+  // seconds on an idle machine, much longer when the whole suite loads both cores.
+  const deadline = Date.now() + MOUNT_TIMEOUT_MS;
   while (!isMountPoint(dirs.mnt)) {
     if (done) throw new Error(`server exited before mounting: ${err.trim()}`);
     if (Date.now() > deadline) {
       await server.stop('SIGKILL');
-      throw new Error(`server did not mount within 30 s: ${err.trim()}`);
+      throw new Error(`server did not mount within ${MOUNT_TIMEOUT_MS / 1000} s: ${err.trim()}`);
     }
     await sleep(20);
   }

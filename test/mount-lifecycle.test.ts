@@ -1,6 +1,6 @@
 // The life of a /dev/fuse server process: refusals before anything is mounted (one clear
 // error line, non-zero exit), a clean unmount and exit 0 on SIGTERM and SIGINT, and a
-// clean exit when someone else unmounts the file system.
+// clean exit when someone else unmounts the file system. Serial: each starts a daemon.
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -17,7 +17,7 @@ function refused(t: import('ava').ExecutionContext, shared: string, mnt: string,
   t.true(lines[0].includes(mention), lines[0]);
 }
 
-test('a missing shared dir is refused before mounting', (t) => {
+test.serial('a missing shared dir is refused before mounting', (t) => {
   const d = makeDirs();
   t.teardown(() => fs.rmSync(d.base, { recursive: true, force: true }));
   const missing = path.join(d.base, 'no-such-dir');
@@ -25,7 +25,7 @@ test('a missing shared dir is refused before mounting', (t) => {
   t.false(isMountPoint(d.mnt));
 });
 
-test('a missing mountpoint, or one that is a file, is refused', (t) => {
+test.serial('a missing mountpoint, or one that is a file, is refused', (t) => {
   const d = makeDirs();
   t.teardown(() => fs.rmSync(d.base, { recursive: true, force: true }));
   const missing = path.join(d.base, 'no-such-mnt');
@@ -36,7 +36,7 @@ test('a missing mountpoint, or one that is a file, is refused', (t) => {
   t.false(isMountPoint(d.mnt));
 });
 
-test('a busy mountpoint is refused and the existing mount is left alone', (t) => {
+test.serial('a busy mountpoint is refused and the existing mount is left alone', (t) => {
   const d = makeDirs();
   mount('tmpfs', d.mnt, 'tmpfs', 0, 'size=1m');
   t.teardown(() => {
@@ -55,7 +55,7 @@ test('a busy mountpoint is refused and the existing mount is left alone', (t) =>
 });
 
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-  test(`${signal} unmounts and exits 0`, async (t) => {
+  test.serial(`${signal} unmounts and exits 0`, async (t) => {
     const s = await mountFor(t);
     fs.writeFileSync(path.join(s.mnt, 'f'), 'x');
     t.true(isMountPoint(s.mnt));
@@ -66,7 +66,7 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   });
 }
 
-test('an external unmount ends the server with exit 0', async (t) => {
+test.serial('an external unmount ends the server with exit 0', async (t) => {
   const d = makeDirs();
   t.teardown(() => fs.rmSync(d.base, { recursive: true, force: true }));
   const s = await startServer([], d);

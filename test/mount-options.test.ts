@@ -1,7 +1,8 @@
 // Server options seen through a /dev/fuse mount: --readonly (EROFS for every modifying
 // request, host untouched), --xattr (extended attributes served and compared with the
 // host; without it the client is told they are unsupported), --no-readdirplus and
-// --cache never. Each test runs its own server with its own options.
+// --cache never. Each test runs its own server with its own options, one after the other
+// (several daemons starting at once on two cores only slow each other down).
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -53,7 +54,7 @@ out["getxattr"] = E(lambda: os.getxattr(p("file"), "user.present").decode())
 out["list"] = sorted(os.listdir(d))
 print(json.dumps(out))`;
 
-test('--readonly: every modification is refused with EROFS and the host is untouched', async (t) => {
+test.serial('--readonly: every modification is refused with EROFS and the host is untouched', async (t) => {
   const s = await mountFor(t, ['--readonly', '--xattr'], (d) => {
     fs.writeFileSync(path.join(d.shared, 'file'), 'content');
     fs.mkdirSync(path.join(d.shared, 'dir'));
@@ -72,7 +73,7 @@ test('--readonly: every modification is refused with EROFS and the host is untou
   t.deepEqual(hostSnapshot(s.shared), before);
 });
 
-test('--xattr: set/get/list/remove through the mount match the host, with the right errors', async (t) => {
+test.serial('--xattr: set/get/list/remove through the mount match the host, with the right errors', async (t) => {
   const s = await mountFor(t, ['--xattr']);
   const f = path.join(s.mnt, 'f');
   fs.writeFileSync(f, '');
@@ -120,7 +121,7 @@ print(json.dumps(out))`;
   t.regex(run('getfattr', ['-n', 'user.fromhost', '--absolute-names', f]).stdout, /user\.fromhost="H"/);
 });
 
-test('without --xattr, extended attributes are reported unsupported', async (t) => {
+test.serial('without --xattr, extended attributes are reported unsupported', async (t) => {
   const s = await mountFor(t);
   const f = path.join(s.mnt, 'f');
   fs.writeFileSync(f, '');
@@ -134,7 +135,7 @@ print(json.dumps([E(lambda: os.setxattr(f, "user.k", b"v")), E(lambda: os.getxat
   t.is(codeOf(() => fs.readFileSync(f)), 'OK');
 });
 
-test('--no-readdirplus: plain READDIR lists the same entries as the host', async (t) => {
+test.serial('--no-readdirplus: plain READDIR lists the same entries as the host', async (t) => {
   const s = await mountFor(t, ['--no-readdirplus']);
   for (let i = 0; i < 1500; i++) fs.writeFileSync(path.join(s.shared, `n${i}`), '');
   fs.mkdirSync(path.join(s.shared, 'sub'));
@@ -144,7 +145,7 @@ test('--no-readdirplus: plain READDIR lists the same entries as the host', async
   t.is(fs.statSync(path.join(s.mnt, 'n1499')).ino, fs.statSync(path.join(s.shared, 'n1499')).ino);
 });
 
-test('--cache never: host-side changes are seen at once', async (t) => {
+test.serial('--cache never: host-side changes are seen at once', async (t) => {
   const s = await mountFor(t, ['--cache', 'never']);
   const h = path.join(s.shared, 'f');
   fs.writeFileSync(h, 'one');
