@@ -65,6 +65,9 @@ test('dump disassembles a profile and a raw BPF file, naming syscalls', async (t
   t.regex(d.stdout, /arch == AUDIT_ARCH_AARCH64/);
   t.notRegex(d.stdout, /x32 ABI/);
   t.regex(d.stdout, /ret +#0x80000000 +; KILL_PROCESS: default \(--seccomp kill\)/);
+  const both = await run('dump', 'policies/node-runtime.json,policies/file-server.json', '--arch', 'x86_64', '--mode', 'log');
+  t.regex(both.stdout, /; policies\/node-runtime\.json \+ policies\/file-server\.json for x86_64: \d+ instructions/);
+  t.regex(both.stdout, /ret +#0x7ffc0000 +; LOG: default \(--seccomp log\)/);
   const out = join(dir, 'rt.bpf');
   t.is((await run('compile', 'policies/node-runtime.json', '--arch', 'x86_64', '-o', out)).exitCode, 0);
   const raw = await run('dump', out);

@@ -39,6 +39,11 @@ function modeOption(value: string | undefined): FilterMode | undefined {
   return m;
 }
 
+/** FILE arguments may name several profiles, merged as the daemon merges them: "a.json,b.json". */
+function fileList(arg: string): string[] {
+  return arg.split(',').filter((f) => f !== '');
+}
+
 /** Shared by the commands: load or print every policy problem and fail with exit code 1. */
 abstract class PolicyCommand extends Command {
   protected load(files: readonly string[], requireComments = false): Policy | undefined {
@@ -125,24 +130,25 @@ export class PolicyDumpCommand extends PolicyCommand {
   static override usage = Command.Usage({
     category: 'Policy audit',
     description: 'disassemble a compiled filter (raw BPF file) or the filter a profile compiles to',
-    examples: [['A profile', '$0 policy dump policies/file-server.json --arch aarch64'], ['Raw BPF', '$0 policy dump node.bpf']],
+    examples: [['What the daemon installs', '$0 policy dump policies/node-runtime.json,policies/file-server.json --mode kill'],
+      ['Raw BPF', '$0 policy dump node.bpf']],
   });
 
   arch = Option.String('--arch', { description: 'arch to compile a profile for / to name syscalls in raw BPF' });
   mode = Option.String('--mode', { description: 'default action kill|log|trap when compiling a profile' });
-  file = Option.String({ name: 'FILE|BPF' });
+  file = Option.String({ name: 'FILE[,FILE...]|BPF' });
 
   async execute(): Promise<number> {
-    const raw = readFileSync(this.file);
-    const text = raw.toString('utf8').trimStart();
-    if (text.startsWith('{')) {
+    const several = this.file.includes(',');
+    const raw = several ? Buffer.alloc(0) : readFileSync(this.file);
+    if (several || raw.toString('utf8').trimStart().startsWith('{')) {
       const arch = archOption(this.arch);
-      const p = this.load([this.file]);
+      const p = this.load(fileList(this.file));
       if (p === undefined) return 1;
       const c = this.compile(p, arch, modeOption(this.mode));
       if (c === undefined) return 1;
       const notes = new Map([...c.origins].map(([pc, o]) => [pc, o.what]));
-      this.context.stdout.write(`; ${this.file} for ${arch}: ${c.length} instructions\n`);
+      this.context.stdout.write(`; ${p.files.join(' + ')} for ${arch}: ${c.length} instructions\n`);
       this.context.stdout.write(disassemble(c.program, { arch: archInfo(arch), notes }).join('\n') + '\n');
       return 0;
     }
@@ -165,7 +171,7 @@ export class PolicyExplainCommand extends PolicyCommand {
   arch = Option.String('--arch', { description: 'x86_64 or aarch64 (default: this machine)' });
   mode = Option.String('--mode', { description: 'default action kill|log|trap (default: the policy\'s)' });
   args = Option.String('--args', { description: 'comma-separated argument values (decimal, 0x hex, or negative)' });
-  file = Option.String({ name: 'FILE' });
+  file = Option.String({ name: 'FILE[,FILE...]' });
   syscall = Option.String({ name: 'SYSCALL' });
 
   async execute(): Promise<number> {
@@ -177,7 +183,7 @@ export class PolicyExplainCommand extends PolicyCommand {
       args.push(BigInt.asUintN(64, t.startsWith('-') ? -BigInt(t.slice(1)) : BigInt(t)));
     }
     if (args.length > 6) throw new UsageError('--args: a syscall has at most six arguments');
-    const p = this.load([this.file]);
+    const p = this.load(fileList(this.file));
     if (p === undefined) return 1;
     const c = this.compile(p, arch, modeOption(this.mode));
     if (c === undefined) return 1;
@@ -200,12 +206,12 @@ export class PolicyDiffCommand extends PolicyCommand {
     examples: [['Against a recording', '$0 policy diff policies/file-server.json recorded.json']],
   });
 
-  a = Option.String({ name: 'A' });
-  b = Option.String({ name: 'B' });
+  a = Option.String({ name: 'A[,A2...]' });
+  b = Option.String({ name: 'B[,B2...]' });
 
   async execute(): Promise<number> {
-    const pa = this.load([this.a]);
-    const pb = this.load([this.b]);
+    const pa = this.load(fileList(this.a));
+    const pb = this.load(fileList(this.b));
     if (pa === undefined || pb === undefined) return 1;
     const d = diffPolicies(pa, pb);
     this.context.stdout.write(formatDiff(d).join('\n') + '\n');
