@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for pkg in util-linux qemu-system-x86 linux-image-amd64 busybox-static cpio attr strace fuse3 python3; do
+for pkg in util-linux uidmap passwd qemu-system-x86 linux-image-amd64 busybox-static cpio attr strace fuse3 python3 bubblewrap; do
   have "$pkg" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -13,15 +13,14 @@ import { VirtioFsFrontend } from './frontend/virtio-fs.js';
 import { FuseClient, FuseError } from './frontend/fuse-client.js';
 import { ROOT_ID } from './frontend/fuse-requests.js';
 import { listenUnix } from '../src/sys/socket-calls.js';
-import { DAEMON, ROOT, ensureUser, expectedCaps, mountsOf, nsOf, procStatus, startLauncher, stopLauncher, waitSandboxed } from './sandbox-helpers.js';
+import { DAEMON, ensureUser, expectedCaps, mountsOf, nsOf, procStatus, startLauncher, stopLauncher, waitSandboxed } from './sandbox-helpers.js';
 import type { Launched } from './sandbox-helpers.js';
 
 const MARKER = 'outside-marker';
 
-/** With the project's full policy, run under --seccomp kill; before it exists, without seccomp. */
+/** The sandboxed daemon always runs under the project's policy with --seccomp kill. */
 function seccomp(): { args: string[]; env: Record<string, string>; on: boolean } {
-  if (fs.existsSync(path.join(ROOT, 'policies', 'file-server.json'))) return { args: ['--seccomp', 'kill'], env: {}, on: true };
-  return { args: ['--seccomp', 'none'], env: { VFS_NO_POLICY_YET: '1' }, on: false };
+  return { args: ['--seccomp', 'kill'], env: {}, on: true };
 }
 
 function setup(t: ExecutionContext, owner?: { uid: number; gid: number }): { parent: string; share: string; sock: string } {
