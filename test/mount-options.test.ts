@@ -54,24 +54,31 @@ out["getxattr"] = E(lambda: os.getxattr(p("file"), "user.present").decode())
 out["list"] = sorted(os.listdir(d))
 print(json.dumps(out))`;
 
-test.serial('--readonly: every modification is refused with EROFS and the host is untouched', async (t) => {
-  const s = await mountFor(t, ['--readonly', '--xattr'], (d) => {
-    fs.writeFileSync(path.join(d.shared, 'file'), 'content');
-    fs.mkdirSync(path.join(d.shared, 'dir'));
-    run('setfattr', ['-n', 'user.present', '-v', 'here', path.join(d.shared, 'file')]);
+// vfs-launch also mounts read-only (MS_RDONLY), so there the client refuses first; the
+// in-tree server mounts read-write and leaves every refusal to the core.
+for (const driver of ['launch', 'serve'] as const) {
+  const who = driver === 'launch' ? 'vfs-launch (read-only mount)' : 'the core alone (read-write mount)';
+  test.serial(`--readonly: every modification is refused with EROFS and the host is untouched: ${who}`, async (t) => {
+    const s = await mountFor(t, ['--readonly', '--xattr'], (d) => {
+      fs.writeFileSync(path.join(d.shared, 'file'), 'content');
+      fs.mkdirSync(path.join(d.shared, 'dir'));
+      run('setfattr', ['-n', 'user.present', '-v', 'here', path.join(d.shared, 'file')]);
+    }, driver === 'launch' ? DRIVER : 'serve');
+    const opts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === s.mnt)?.split(' ')[5] ?? '';
+    t.is(opts.split(',')[0], DRIVER === 'launch' && driver === 'launch' ? 'ro' : 'rw');
+    const before = hostSnapshot(s.shared);
+    const r = pyJson<Record<string, string | string[]>>(MODIFICATIONS, [s.mnt]);
+    const { read, getxattr, list, ...mods } = r;
+    t.is(read, 'content');
+    t.is(getxattr, 'here');
+    t.deepEqual(list, ['dir', 'file']);
+    const { tmpfile, ...rest } = mods;
+    for (const [op, res] of Object.entries(rest)) t.is(res, 'ERR EROFS', op);
+    // O_TMPFILE: EROFS, or EOPNOTSUPP where TMPFILE is not served at all (virtiofsd's ENOSYS).
+    t.true(tmpfile === 'ERR EROFS' || tmpfile === 'ERR EOPNOTSUPP', String(tmpfile));
+    t.deepEqual(hostSnapshot(s.shared), before);
   });
-  const before = hostSnapshot(s.shared);
-  const r = pyJson<Record<string, string | string[]>>(MODIFICATIONS, [s.mnt]);
-  const { read, getxattr, list, ...mods } = r;
-  t.is(read, 'content');
-  t.is(getxattr, 'here');
-  t.deepEqual(list, ['dir', 'file']);
-  const { tmpfile, ...rest } = mods;
-  for (const [op, res] of Object.entries(rest)) t.is(res, 'ERR EROFS', op);
-  // O_TMPFILE: EROFS, or EOPNOTSUPP where TMPFILE is not served at all (virtiofsd's ENOSYS).
-  t.true(tmpfile === 'ERR EROFS' || tmpfile === 'ERR EOPNOTSUPP', String(tmpfile));
-  t.deepEqual(hostSnapshot(s.shared), before);
-});
+}
 
 test.serial('--xattr: set/get/list/remove through the mount match the host, with the right errors', async (t) => {
   const s = await mountFor(t, ['--xattr']);
