@@ -59,6 +59,7 @@ test('none installs nothing and says so', async (t) => {
 
 test('the kernel audit record of the kill names the syscall', async (t) => {
   const { describeSeccompKill, seccompAuditRecords } = await import('../src/sandbox/seccomp/audit.js');
+  const started = Date.now() - 1000;
   const r = execa(process.execPath, ['--import', 'tsx', CHILD, 'kill', 'forbidden'], { reject: false, timeout: 60000 });
   const pid = r.pid!;
   const done = await r;
@@ -71,7 +72,11 @@ test('the kernel audit record of the kill names the syscall', async (t) => {
     if (got === undefined) await new Promise((res) => setTimeout(res, 100));
   }
   t.is(got, want);
-  t.is(seccompAuditRecords(pid)[0]?.action, 'KILL_PROCESS');
+  const rec = seccompAuditRecords(pid)[0];
+  t.is(rec?.action, 'KILL_PROCESS');
+  t.is(rec?.comm, 'node');
+  t.true(rec!.timeMs >= started);
+  t.true(seccompAuditRecords({ sinceMs: started }).some((x) => x.pid === pid));
 });
 
 test('a thread TSYNC cannot synchronise makes the install fail, naming its thread id', async (t) => {

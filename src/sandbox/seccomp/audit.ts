@@ -9,6 +9,9 @@ import { retName } from './bpf.js';
 
 export interface SeccompAuditRecord {
   pid: number;
+  /** Wall-clock time of the event, ms since the epoch (from "audit(SECONDS.MILLIS:serial)"). */
+  timeMs: number;
+  comm: string;
   nr: number;
   /** Syscall name when the record's arch is one we have a table for. */
   name?: string;
@@ -19,18 +22,29 @@ export interface SeccompAuditRecord {
   sig: number;
 }
 
-const RECORD = /type=1326 .*?\bpid=(\d+)\b.*?\bsig=(\d+)\b.*?\barch=([0-9a-f]+)\b.*?\bsyscall=(\d+)\b.*?\bcode=(0x[0-9a-f]+)/;
+const RECORD = /type=1326 audit\((\d+)\.(\d+):\d+\).*?\bpid=(\d+)\b.*?\bcomm="([^"]*)".*?\bsig=(\d+)\b.*?\barch=([0-9a-f]+)\b.*?\bsyscall=(\d+)\b.*?\bcode=(0x[0-9a-f]+)/;
 
 export function parseAuditLine(line: string): SeccompAuditRecord | undefined {
   const m = RECORD.exec(line);
   if (!m) return undefined;
-  const arch = parseInt(m[3]!, 16);
-  const nr = Number(m[4]);
-  return { pid: Number(m[1]), sig: Number(m[2]), arch, nr, name: archByAudit(arch)?.byNumber.get(nr), action: retName(parseInt(m[5]!, 16)) };
+  const arch = parseInt(m[6]!, 16);
+  const nr = Number(m[7]);
+  return {
+    timeMs: Number(m[1]) * 1000 + Number(m[2]), pid: Number(m[3]), comm: m[4]!, sig: Number(m[5]), arch, nr,
+    name: archByAudit(arch)?.byNumber.get(nr), action: retName(parseInt(m[8]!, 16)),
+  };
 }
 
-/** Seccomp audit records for `pid` still in the kernel log (needs CAP_SYSLOG or root). */
-export function seccompAuditRecords(pid: number): SeccompAuditRecord[] {
+/** Which records to return: one process, and/or everything since a time (the daemon's start:
+ * under --sandbox namespace the launcher does not know the daemon's pid, `unshare` forks it). */
+export interface AuditFilter {
+  pid?: number;
+  sinceMs?: number;
+}
+
+/** Seccomp audit records still in the kernel log (needs CAP_SYSLOG or root). */
+export function seccompAuditRecords(filter: number | AuditFilter): SeccompAuditRecord[] {
+  const f: AuditFilter = typeof filter === 'number' ? { pid: filter } : filter;
   let fd: number;
   try {
     fd = openSync('/dev/kmsg', fsc.O_RDONLY | fsc.O_NONBLOCK);
@@ -51,7 +65,10 @@ export function seccompAuditRecords(pid: number): SeccompAuditRecord[] {
       }
       if (n <= 0) break;
       const rec = parseAuditLine(buf.toString('utf8', 0, n));
-      if (rec !== undefined && rec.pid === pid) out.push(rec);
+      if (rec === undefined) continue;
+      if (f.pid !== undefined && rec.pid !== f.pid) continue;
+      if (f.sinceMs !== undefined && rec.timeMs < f.sinceMs) continue;
+      out.push(rec);
     }
   } finally {
     closeSync(fd);
@@ -59,9 +76,9 @@ export function seccompAuditRecords(pid: number): SeccompAuditRecord[] {
   return out;
 }
 
-/** "syscall 103 (syslog)" for the last kill record of `pid`, if the kernel logged one. */
-export function describeSeccompKill(pid: number): string | undefined {
-  const kills = seccompAuditRecords(pid).filter((r) => r.sig !== 0);
+/** "syscall 103 (syslog)" for the last kill record of `pid` (or since a time), if the kernel logged one. */
+export function describeSeccompKill(filter: number | AuditFilter): string | undefined {
+  const kills = seccompAuditRecords(filter).filter((r) => r.sig !== 0);
   const last = kills[kills.length - 1];
   return last === undefined ? undefined : `syscall ${last.nr}${last.name !== undefined ? ` (${last.name})` : ''}`;
 }

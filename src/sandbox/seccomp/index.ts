@@ -110,4 +110,4 @@ export function syscallName(nr: number, arch: Arch | undefined = hostArch()): st
 }
 
 export { describeSeccompKill, seccompAuditRecords } from './audit.js';
-export type { SeccompAuditRecord } from './audit.js';
+export type { AuditFilter, SeccompAuditRecord } from './audit.js';
