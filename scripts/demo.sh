@@ -84,6 +84,38 @@ EOF
 bash scripts/build-initramfs.sh --out "$work/base.cpio.gz" 2>/dev/null
 bash scripts/build-initramfs.sh --base "$work/base.cpio.gz" --script "$work/guest.sh" --out "$work/initrd.cpio.gz"
 
+# While the guest runs, look at the serving daemon from outside: the process (a descendant of
+# the one started above) whose root directory is the demo directory itself.
+descendants() {
+  local p=$1 c
+  echo "$p"
+  for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do descendants "$c"; done
+}
+inspect_sandbox() {
+  local want p found=""
+  want=$(stat -c '%d:%i' "$demo")
+  # The sandbox is built in steps (root, then limits, capabilities, seccomp last): wait for the end.
+  for _ in $(seq 600); do
+    for p in $(descendants "$daemon_pid"); do
+      if [ "$(stat -L -c '%d:%i' /proc/"$p"/root 2>/dev/null)" = "$want" ]; then found=$p; fi
+    done
+    if [ -n "$found" ] && grep -q '^Seccomp:[[:space:]]*2' /proc/"$found"/status 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  if [ -z "$found" ]; then echo "no daemon process has $demo as its root"; return 0; fi
+  p=$found
+  echo "daemon pid $p: its / is $demo (/proc/$p/root)"
+  grep -E '^(NoNewPrivs|Seccomp|CapEff|CapBnd):' /proc/"$p"/status | tr -s '\t ' ' ' | paste -sd, | sed 's/,/, /g'
+  echo "namespaces differing from the host's: $(for ns in mnt pid net ipc uts user; do [ "$(readlink /proc/"$p"/ns/$ns)" != "$(readlink /proc/self/ns/$ns)" ] && printf '%s ' "$ns"; done)"
+}
+if [ "$sandbox" = none ]; then
+  echo "--sandbox none: nothing isolates the daemon from the host" >"$work/sandbox.txt"
+  inspect_pid=""
+else
+  inspect_sandbox >"$work/sandbox.txt" 2>&1 &
+  inspect_pid=$!
+fi
+
 say "booting a QEMU guest (TCG, $kernel), virtio-fs tag 'myfs' on $sock"
 start=$(date +%s)
 set +e
@@ -105,6 +137,10 @@ fi
 say "what the guest saw (boot and run: ${elapsed} s):"
 sed -n '/^VFS-GUEST-BEGIN$/,/^VFS-GUEST-END/p' "$work/console.log" | sed '1d;$d' | sed 's/^/  guest: /'
 guest_rc=$(sed -n 's/^VFS-GUEST-END rc=//p' "$work/console.log")
+
+say "the daemon, seen from the host while it served the guest:"
+[ -z "$inspect_pid" ] || wait "$inspect_pid" 2>/dev/null || true
+sed 's/^/  /' "$work/sandbox.txt"
 
 daemon_rc=0
 for _ in $(seq 100); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
