@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { startDaemon, findVirtiofsd, cpuTicks, rssKiB, waitExit, REPO, type BackendKind, type Daemon } from '../test/frontend/daemons.js';
+import { startDaemon, vfsDaemonCommand, findVirtiofsd, cpuTicks, rssKiB, waitExit, REPO, type BackendKind, type Daemon } from '../test/frontend/daemons.js';
 import { VirtioFsFrontend, HIPRIO, REQUEST, type FuseReply } from '../test/frontend/virtio-fs.js';
 import { FuseClient, O_RDWR, O_CREAT, O_EXCL, S_IFREG } from '../test/frontend/fuse-client.js';
 import * as F from '../test/frontend/fuse-requests.js';
@@ -292,9 +292,10 @@ async function bench(kind: BackendKind, shared: string, rows: Row[]): Promise<{ 
   if (kind === 'vfs') {
     const dist = path.join(REPO, 'dist/daemon/main.js');
     const prof = CPU_PROF !== undefined ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(CPU_PROF)] : [];
-    if (process.env.VFS_TEST_DAEMON === 'entry') vfsCommand = [process.execPath, ...prof, '--import', 'tsx', path.join(REPO, 'test/frontend/backend-entry.ts')];
-    else if (!FROM_SOURCE && fs.existsSync(dist)) vfsCommand = [process.execPath, ...prof, dist];
-    else vfsCommand = [process.execPath, ...prof, '--import', 'tsx', path.join(REPO, 'src/daemon/main.ts')];
+    const cmd = vfsDaemonCommand();
+    if (FROM_SOURCE) vfsCommand = [process.execPath, ...prof, '--import', 'tsx', path.join(REPO, 'src/daemon/main.ts')];
+    else vfsCommand = [cmd[0], ...prof, ...cmd.slice(1)];
+    if (!FROM_SOURCE && fs.existsSync(dist) && cmd[1] !== dist) console.error('note: dist/ is older than src/, running from source (npm run build to bench the compiled daemon)');
     console.error(`vfs: ${vfsCommand.slice(1).join(' ')}`);
   } else {
     console.error(`virtiofsd: ${findVirtiofsd()}`);

@@ -16,7 +16,7 @@ test.serial('frontend disconnect after serving requests: the daemon exits 0', as
   const { fe, c } = openFs(env, t);
   c.lookup(F.ROOT_ID, 'f');
   fe.close();
-  t.is(await waitExit(env.d, 10000), 0);
+  t.is(await waitExit(env.d, 20000), 0);
   t.deepEqual(crashSigns(env.d.log()), []);
 });
 
@@ -24,7 +24,7 @@ test.serial('a connection closed before any message: the daemon exits 0', async 
   const env = await withDaemon(t);
   const vu = new VhostUserClient(env.d.socketPath);
   vu.close();
-  t.is(await waitExit(env.d, 10000), 0);
+  t.is(await waitExit(env.d, 20000), 0);
 });
 
 test.serial('disconnect in the middle of a message: the daemon exits 0', async (t) => {
@@ -34,7 +34,7 @@ test.serial('disconnect in the middle of a message: the daemon exits 0', async (
   // Header announces 8 bytes of payload; only 3 arrive before the connection closes.
   vu.send(Req.SET_FEATURES, Buffer.alloc(3), [], 1, 8);
   vu.close();
-  t.is(await waitExit(env.d, 10000), 0);
+  t.is(await waitExit(env.d, 20000), 0);
   t.deepEqual(crashSigns(env.d.log()), []);
 });
 
@@ -42,7 +42,7 @@ test.serial('SIGTERM while a frontend is connected: clean exit 0', async (t) => 
   const env = await withDaemon(t);
   openFs(env, t);
   env.d.proc.kill('SIGTERM');
-  t.is(await waitExit(env.d, 10000), 0);
+  t.is(await waitExit(env.d, 20000), 0);
 });
 
 test.serial('GET_VRING_BASE stops the ring at the next avail index; SET_VRING_BASE resumes it', async (t) => {

@@ -59,7 +59,7 @@ async function afterBadChain(t: ExecutionContext, x: Ctx): Promise<void> {
   t.is(a.size, 64n * 1024n, 'a good request on the same queue works afterwards');
   t.true(x.fe.mem.read(0, CANARY).equals(Buffer.alloc(CANARY, 0x5a)), 'nothing written into the canary area');
   x.fe.close();
-  t.is(await waitExit(x.env.d, 10000), 0);
+  t.is(await waitExit(x.env.d, 20000), 0);
 }
 
 function chainCase(title: string, build: (x: Ctx) => void): void {

@@ -40,13 +40,13 @@ async function verdict(t: ExecutionContext, env: Env, fe: VirtioFsFrontend, o: O
     if (fe.vu.peerClosed()) o = { kind: 'closed' };
   }
   if (o.kind === 'closed') {
-    t.is(await waitExit(env.d, 10000), 0, 'connection closed: the daemon exits 0');
+    t.is(await waitExit(env.d, 20000), 0, 'connection closed: the daemon exits 0');
   } else {
     t.is(env.d.exitCode, undefined, 'daemon still running');
     const r = fe.call([F.request(F.Op.GETATTR, F.ROOT_ID, [F.getattrIn()])], [F.OUT_HEADER, F.ATTR_OUT]);
     t.is(r?.header.error, 0, 'a good request on the same connection works');
     fe.close();
-    t.is(await waitExit(env.d, 10000), 0, 'then a clean exit on disconnect');
+    t.is(await waitExit(env.d, 20000), 0, 'then a clean exit on disconnect');
   }
   t.deepEqual(crashSigns(env.d.log()), [], env.d.log().slice(-2000));
 }

@@ -126,7 +126,7 @@ export class VhostUserClient {
 
   constructor(
     socketPath: string,
-    readonly timeoutMs = 10000,
+    readonly timeoutMs = 30000,
   ) {
     this.fd = connectUnix(socketPath, timeoutMs);
   }

@@ -76,7 +76,8 @@ export class VirtioFsFrontend {
     this.slotBytes = opts.slotBytes ?? (1 << 20) + 64 * 1024;
     this.mem = new GuestMemory(opts.regions ?? [{ gpa: 0, size: 256 << 20 }]);
     try {
-      this.vu = new VhostUserClient(opts.socketPath, opts.timeoutMs ?? 10000);
+      // The first reply may wait for the daemon to finish starting (slow on a loaded machine).
+      this.vu = new VhostUserClient(opts.socketPath, Math.max(opts.timeoutMs ?? 10000, 30000));
     } catch (e) {
       this.mem.close();
       throw e;
