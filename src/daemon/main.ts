@@ -15,7 +15,8 @@ import { logger, setLogLevel, setLogSink, useSyslog } from '../log.js';
 import { connectSyslog, sendSyslog } from '../sys/syslog-calls.js';
 import { eventfd, eventfdWrite } from '../sys/event-calls.js';
 import { listenUnix } from '../sys/socket-calls.js';
-import { mountFuse, unmountFuse } from '../fuse-dev/mount.js';
+import { mountFuse } from '../fuse-dev/mount.js';
+import { spawn } from 'node:child_process';
 import { enterSandbox, dropPrivileges, resolveCapabilities } from '../sandbox/index.js';
 import { prepareSeccomp, installSeccomp } from '../sandbox/seccomp/index.js';
 import { makeForbiddenSyscall } from './test-hooks.js';
@@ -69,8 +70,9 @@ function request(worker: Worker, msg: FromMain, expect: ToMain['type']): Promise
 function openTransport(cfg: DaemonConfig): TransportSpec {
   if (cfg.fuseFd !== undefined) return { kind: 'fuse', devFd: cfg.fuseFd, maxWrite: FUSE_DEV_MAX_WRITE };
   if (cfg.mountpoint !== undefined) {
-    const devFd = mountFuse({ mountpoint: cfg.mountpoint, sourceName: cfg.sharedDir, allowOther: true });
+    const devFd = mountFuse({ mountpoint: cfg.mountpoint, sourceName: cfg.sharedDir, allowOther: true, readOnly: cfg.fs.readonly });
     log.info(`mounted ${cfg.sharedDir} on ${cfg.mountpoint}`);
+    startUnmountWatcher(cfg.mountpoint);
     return { kind: 'fuse', devFd, maxWrite: FUSE_DEV_MAX_WRITE };
   }
   if (cfg.listenFd !== undefined) return { kind: 'vhost', listenFd: cfg.listenFd, tag: cfg.tag };
@@ -115,46 +117,47 @@ async function run(argv: string[]): Promise<number> {
   const capabilities = resolveCapabilities(cfg.modcaps);
   const seccomp = prepareSeccomp(cfg.seccomp, cfg.seccompPolicies);
   const transport = openTransport(cfg);
-  try {
-    const worker = await startWorker();
+  const worker = await startWorker();
 
-    const sandbox = enterSandbox({ mode: cfg.sandbox, sharedDir: cfg.sharedDir });
-    dropPrivileges({ rlimitNofile: cfg.rlimitNofile, capabilities });
-    await request(worker, { type: 'drop-privileges', capabilities, logLevel: cfg.logLevel, syslogFd }, 'privileges-dropped');
-    installSeccomp(seccomp);
-    if (cfg.testForbiddenSyscall) makeForbiddenSyscall();
+  const sandbox = enterSandbox({ mode: cfg.sandbox, sharedDir: cfg.sharedDir });
+  dropPrivileges({ rlimitNofile: cfg.rlimitNofile, capabilities });
+  await request(worker, { type: 'drop-privileges', capabilities, logLevel: cfg.logLevel, syslogFd }, 'privileges-dropped');
+  installSeccomp(seccomp);
+  if (cfg.testForbiddenSyscall) makeForbiddenSyscall();
 
-    return await new Promise<number>((resolve) => {
-      worker.on('message', (m: ToMain) => {
-        if (m.type === 'exit') resolve(m.code);
-        if (m.type === 'failed') resolve(1);
-      });
-      worker.on('error', (err) => {
-        log.error(`device thread failed: ${err.message}`);
-        resolve(1);
-      });
-      worker.postMessage({
-        type: 'serve',
-        rootFd: sandbox.rootFd,
-        procSelfFd: sandbox.procSelfFd,
-        fs: cfg.fs,
-        transport,
-        stopFd,
-      } satisfies FromMain);
+  return await new Promise<number>((resolve) => {
+    worker.on('message', (m: ToMain) => {
+      if (m.type === 'exit') resolve(m.code);
+      if (m.type === 'failed') resolve(1);
     });
-  } finally {
-    if (cfg.mountpoint !== undefined) unmountMountpoint(cfg.mountpoint);
-  }
+    worker.on('error', (err) => {
+      log.error(`device thread failed: ${err.message}`);
+      resolve(1);
+    });
+    worker.postMessage({
+      type: 'serve',
+      rootFd: sandbox.rootFd,
+      procSelfFd: sandbox.procSelfFd,
+      fs: cfg.fs,
+      transport,
+      stopFd,
+    } satisfies FromMain);
+  });
 }
 
-/** Undo the daemon's own mount (--mountpoint with --sandbox none) when serving ends. */
-function unmountMountpoint(mountpoint: string): void {
-  try {
-    unmountFuse(mountpoint);
-    log.info(`unmounted ${mountpoint}`);
-  } catch (err) {
-    log.warn(`unmount ${mountpoint}: ${err instanceof Error ? err.message : String(err)}`);
-  }
+/**
+ * Undo the daemon's own mount (--mountpoint, --sandbox none) whenever the daemon ends,
+ * however it ends. The daemon itself cannot: by then it has dropped CAP_SYS_ADMIN and its
+ * seccomp policy has no umount2, and a daemon killed by SIGSYS runs no code at all. So a
+ * small watcher is started now, while we may still exec: it blocks reading a pipe whose
+ * write end only this process holds, and unmounts when the pipe closes at our exit
+ * (fusermount3's auto_unmount works the same way).
+ */
+function startUnmountWatcher(mountpoint: string): void {
+  const watcher = spawn('/bin/sh', ['-c', 'read _ignored; exec umount -l -- "$1"', 'vfs-unmount', mountpoint], {
+    stdio: ['pipe', 'ignore', 'inherit'],
+  });
+  watcher.on('error', (err) => log.warn(`unmount watcher for ${mountpoint}: ${err.message}`));
 }
 
 run(process.argv.slice(2)).then(
