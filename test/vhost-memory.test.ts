@@ -116,3 +116,37 @@ test.serial('adjacent regions from two memfds (one with mmap_offset): one buffer
   t.is(c.read(e.nodeid, fh, 0, 16).length, 16);
   c.release(e.nodeid, fh);
 });
+
+test.serial('CONFIGURE_MEM_SLOTS: regions added with ADD_MEM_REG, one hot-added and removed again', async (t) => {
+  const env = await withDaemon(t);
+  const { fe, c } = openFs(env, t, {
+    memSlots: true,
+    regions: [
+      { gpa: 0, size: 64 * MiB },
+      { gpa: 1 * GiB, size: 64 * MiB },
+    ],
+    ringRegion: 1,
+  });
+  t.true(fe.maxMemSlots >= 8, `GET_MAX_MEM_SLOTS ${fe.maxMemSlots}`);
+  writeReadAt(t, fe, c, path.join(env.shared, 'm1'), { hdrGpa: 1 * GiB + 32 * MiB, dataGpa: 16 * MiB, readGpa: 40 * MiB, len: MiB, seed: 6 });
+  // Hotplug a region at 8 GiB and move data through it.
+  const k = fe.mem.addRegion({ gpa: 8 * GiB, size: 32 * MiB, fileOffset: 2 * MiB });
+  t.is(fe.memReg(fe.mem.regions[k]), 0n, 'ADD_MEM_REG of the hot-added region');
+  writeReadAt(t, fe, c, path.join(env.shared, 'm2'), { hdrGpa: 1 * GiB + 40 * MiB, dataGpa: 8 * GiB + 4096, readGpa: 8 * GiB + 8 * MiB, len: MiB, seed: 7 });
+  // Unplug it: a request pointing into it now fails, and the device carries on.
+  t.is(fe.memReg(fe.mem.regions[k], true), 0n, 'REM_MEM_REG');
+  const e = c.lookup(F.ROOT_ID, 'm2');
+  const fh = c.open(e.nodeid);
+  fe.mem.write(8 * GiB + 8 * MiB, Buffer.alloc(4096, 0xcd));
+  const hdr = 1 * GiB + 48 * MiB;
+  fe.mem.write(hdr, F.request(F.Op.READ, e.nodeid, [F.rwIn(fh, 0, 4096)]));
+  const q = fe.queues[1];
+  const head = q.add([{ gpa: hdr, len: F.IN_HEADER + F.RW_IN }], [{ gpa: hdr + 4096, len: F.OUT_HEADER }, { gpa: 8 * GiB + 8 * MiB, len: 4096 }]);
+  q.publish();
+  const used = q.waitN(1, 10000);
+  t.is(used[0].id, head);
+  t.is(used[0].len, 0, 'a chain into removed memory fails with length 0');
+  t.true(fe.mem.read(8 * GiB + 8 * MiB, 4096).equals(Buffer.alloc(4096, 0xcd)), 'nothing written into the removed region');
+  t.is(c.getattr(e.nodeid).size, BigInt(MiB));
+  t.deepEqual(crashSigns(env.d.log()), []);
+});

@@ -32,7 +32,13 @@ export class GuestMemory {
   readonly regions: Region[] = [];
 
   constructor(specs: readonly RegionSpec[]) {
-    for (const [i, s] of specs.entries()) {
+    for (const s of specs) this.addRegion(s);
+  }
+
+  /** Add a region (memory hotplug); returns its index. */
+  addRegion(s: RegionSpec): number {
+    {
+      const i = this.regions.length;
       const off = s.fileOffset ?? 0;
       const fd = memfdCreate(`vfs-guest-${i}`, off + s.size);
       this.regions.push({
@@ -44,6 +50,7 @@ export class GuestMemory {
         windows: new Array<Mapping | undefined>(Math.ceil(s.size / WINDOW)),
         next: 0,
       });
+      return i;
     }
   }
 

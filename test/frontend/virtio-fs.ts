@@ -4,7 +4,7 @@
 // or pipelined at a chosen queue depth.
 import { GuestMemory, type RegionSpec } from './guest-memory.js';
 import { SplitQueue, allocRing, type Buf, type Used } from './split-ring.js';
-import { VhostUserClient, Req, Feature, ProtocolFeature, encodeMemTable, u64, vringState, vringAddr } from './vhost-user.js';
+import { VhostUserClient, Req, Feature, ProtocolFeature, encodeMemTable, encodeRegion, u64, vringState, vringAddr } from './vhost-user.js';
 import { parseOutHeader, type OutHeader, OUT_HEADER } from './fuse-requests.js';
 import { closeFd } from './sys-calls.js';
 
@@ -24,6 +24,8 @@ export interface FrontendOptions {
   bufAtLeast?: number;
   /** Bytes reserved per in-flight request, for the request and for the reply each. */
   slotBytes?: number;
+  /** Share memory with GET_MAX_MEM_SLOTS + ADD_MEM_REG (CONFIGURE_MEM_SLOTS) instead of SET_MEM_TABLE. */
+  memSlots?: boolean;
   /** Stop after the vhost-user handshake (no queues started) for protocol tests. */
   noQueues?: boolean;
   timeoutMs?: number;
@@ -64,6 +66,7 @@ export class VirtioFsFrontend {
   backendFeatures = 0n;
   backendProtocolFeatures = 0n;
   queueNum = 0;
+  maxMemSlots = 0;
   /** Used elements whose head the frontend did not submit through enqueue(). */
   readonly stray: (Used & { queue: number })[] = [];
   private readonly slotBytes: number;
@@ -119,8 +122,27 @@ export class VirtioFsFrontend {
   }
 
   setMemTable(): void {
+    if (this.opts.memSlots === true) {
+      // cloud-hypervisor style: one ADD_MEM_REG per region instead of a SET_MEM_TABLE.
+      if ((this.vu.protocolFeatures & ProtocolFeature.CONFIGURE_MEM_SLOTS) === 0n) throw new Error('backend lacks CONFIGURE_MEM_SLOTS');
+      this.maxMemSlots = Number(this.vu.getU64(Req.GET_MAX_MEM_SLOTS));
+      for (const r of this.mem.regions) this.addMemReg(r);
+      return;
+    }
     const regions = this.mem.regions.map((r) => ({ gpa: r.gpa, size: r.size, uaddr: r.uaddr, mmapOffset: r.mmapOffset }));
     this.vu.setOk(Req.SET_MEM_TABLE, encodeMemTable(regions), this.mem.regions.map((r) => r.fd));
+  }
+
+  /** ADD_MEM_REG (or REM_MEM_REG with `remove`) for one region; returns the ack status. */
+  memReg(r: { gpa: number; size: number; uaddr: number; mmapOffset: number; fd: number }, remove = false): bigint {
+    const p = Buffer.alloc(8 + 32);
+    encodeRegion({ gpa: r.gpa, size: r.size, uaddr: r.uaddr, mmapOffset: r.mmapOffset }, p, 8);
+    return this.vu.set(remove ? Req.REM_MEM_REG : Req.ADD_MEM_REG, p, remove ? [] : [r.fd]);
+  }
+
+  private addMemReg(r: { gpa: number; size: number; uaddr: number; mmapOffset: number; fd: number }): void {
+    const st = this.memReg(r);
+    if (st !== 0n) throw new Error(`ADD_MEM_REG refused (status ${st})`);
   }
 
   get eventIdx(): boolean {
