@@ -195,22 +195,32 @@ export function processTree(pid: number): number[] {
   return out;
 }
 
-/**
- * "dev:ino" of the root directory of each process in the backend's tree. Following
- * /proc/PID/root reaches the real directory even across a pivot_root in another mount
- * namespace (whose readlink text would only say "/").
- */
-export function processRoots(pid: number): Map<number, string> {
-  const roots = new Map<number, string>();
+export interface ProcessView {
+  pid: number;
+  /** "dev:ino" of its root directory: following /proc/PID/root reaches the real directory even
+   * across a pivot_root in another mount namespace (whose readlink text would only say "/"). */
+  root: string;
+  seccomp: number;
+  noNewPrivs: number;
+}
+
+/** Each process of the backend's tree as seen from outside. */
+export function inspectBackend(pid: number): ProcessView[] {
+  const out: ProcessView[] = [];
   for (const p of processTree(pid)) {
     try {
       const st = fs.statSync(`/proc/${p}/root`);
-      roots.set(p, `${st.dev}:${st.ino}`);
+      const status = fs.readFileSync(`/proc/${p}/status`, 'utf8');
+      const field = (name: string) => {
+        const m = new RegExp(`^${name}:\\s*(\\d+)`, 'm').exec(status);
+        return m === null ? -1 : Number(m[1]);
+      };
+      out.push({ pid: p, root: `${st.dev}:${st.ino}`, seccomp: field('Seccomp'), noNewPrivs: field('NoNewPrivs') });
     } catch {
       // exited meanwhile
     }
   }
-  return roots;
+  return out;
 }
 
 export function dirId(p: string): string {

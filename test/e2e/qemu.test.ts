@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { bootGuest, findKernel, findQemu, keyed } from './guest.js';
-import { backendKind, dirId, processRoots, startBackend, type Backend, type SandboxMode } from './backend.js';
+import { backendKind, dirId, inspectBackend, startBackend, type Backend, type ProcessView, type SandboxMode } from './backend.js';
 
 const KIND = backendKind();
 const BIG = 64 * 1024 * 1024;
@@ -116,8 +116,8 @@ echo "DONE"
 
 interface HostLive {
   guestTxtWhileMounted?: string;
-  /** Root directories of the backend's processes while it serves the guest. */
-  roots?: string[];
+  /** The backend's processes while it serves the guest. */
+  procs?: ProcessView[];
   error?: string;
 }
 
@@ -152,7 +152,7 @@ async function runMode(t: ExecutionContext, mode: SandboxMode): Promise<void> {
     onLine(line) {
       if (line !== 'SYNC_GUEST_READY') return;
       try {
-        live.roots = [...processRoots(d1.pid).values()];
+        live.procs = inspectBackend(d1.pid);
         live.guestTxtWhileMounted = fs.readFileSync(path.join(share, 'guest.txt'), 'utf8');
         fs.writeFileSync(path.join(share, 'host.txt'), 'rewritten by the host while mounted\n');
         fs.writeFileSync(path.join(share, 'live-from-host.txt'), 'written by the host while mounted\n');
@@ -178,10 +178,22 @@ async function runMode(t: ExecutionContext, mode: SandboxMode): Promise<void> {
   t.is(k.get('LIVE'), 'written by the host while mounted');
   t.is(k.get('HOST_TXT_AFTER'), 'rewritten by the host while mounted');
 
-  // The sandbox was in force while serving: the serving process's root is the share.
+  // The sandbox was in force while serving: the serving process's root is the share, and it
+  // runs under seccomp with no_new_privs (unless the run deliberately turned seccomp off).
   t.is(live.error, undefined);
-  if (mode === 'none') t.deepEqual([...new Set(live.roots)], [dirId('/')], 'no process of a --sandbox none backend changes its root');
-  else t.true(live.roots?.includes(dirId(share)), `no backend process has the share (${dirId(share)}) as its root: ${live.roots?.join(', ')}`);
+  const procs = live.procs ?? [];
+  const described = procs.map((p) => `pid ${p.pid} root ${p.root} Seccomp ${p.seccomp} NoNewPrivs ${p.noNewPrivs}`).join('; ');
+  const seccompOn = !/--seccomp[= ]none/.test(process.env.VFS_E2E_LAUNCHER_ARGS ?? '');
+  const confined = (p: ProcessView) => p.seccomp === 2 && p.noNewPrivs === 1;
+  if (mode === 'none') {
+    t.true(procs.length > 0 && procs.every((p) => p.root === dirId('/')), `a --sandbox none backend changed its root: ${described}`);
+    if (seccompOn) t.true(procs.some(confined), `no backend process under seccomp with no_new_privs: ${described}`);
+  } else {
+    const serving = procs.filter((p) => p.root === dirId(share));
+    t.true(serving.length > 0, `no backend process has the share (${dirId(share)}) as its root: ${described}`);
+    // A waiting parent inside the namespace (unshare, virtiofsd's own parent) shares the root unconfined.
+    if (seccompOn) t.true(serving.some(confined), `no process with the share as its root is under seccomp with no_new_privs: ${described}`);
+  }
 
   // Guest writes seen on the host, while mounted and after.
   t.is(live.guestTxtWhileMounted, 'written by the guest\n');
