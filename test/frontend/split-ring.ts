@@ -221,8 +221,13 @@ export class SplitQueue {
       out.push({ id, len });
       this.lastUsed = (this.lastUsed + 1) & 0xffff;
     }
-    // Ask for an interrupt at the next used entry.
-    if (this.eventIdx) this.avail.writeUInt16LE(this.lastUsed, 4 + 2 * this.size);
+    // Ask for an interrupt at the next used entry. The fence orders that store before the
+    // caller's next read of used.idx: otherwise a completion landing in between could see
+    // the old used_event, skip the interrupt, and leave us asleep (a lost wake-up).
+    if (this.eventIdx) {
+      this.avail.writeUInt16LE(this.lastUsed, 4 + 2 * this.size);
+      fence();
+    }
     return out;
   }
 
