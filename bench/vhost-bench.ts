@@ -308,7 +308,7 @@ async function bench(kind: BackendKind, shared: string, rows: Row[]): Promise<{ 
   let loaded = 0;
   let idle: number;
   try {
-    const fe = VirtioFsFrontend.open({ socketPath: d.socketPath, queueSize: 256, regions: [{ gpa: 0, size: 512 << 20 }], timeoutMs: 30000 });
+    const fe = VirtioFsFrontend.open({ socketPath: d.socketPath, queueSize: 256, regions: [{ gpa: 0, size: 512 << 20 }], timeoutMs: 30000, viewReplies: true });
     const c = new FuseClient(fe);
     c.doInit();
     const big = c.lookup(F.ROOT_ID, 'big').nodeid;
