@@ -96,11 +96,15 @@ export function expectedCaps(modcaps?: string): string {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** CapBnd of a thread after the privilege drop: the bounding set is emptied. */
+export const NO_CAPS = '0000000000000000';
+
 /**
- * Wait until the launcher's daemon exists and its main thread has dropped to `capBnd`
- * (the last step of the sandbox stage). Throws with the launcher's stderr on timeout.
+ * Wait until the launcher's daemon exists and its main thread has dropped to `caps` with
+ * an empty bounding set (the last step of the sandbox stage). Throws with the launcher's
+ * stderr on timeout.
  */
-export async function waitSandboxed(l: Launched, capBnd: string, timeoutMs = 150_000,
+export async function waitSandboxed(l: Launched, caps: string, timeoutMs = 150_000,
   entry = ENTRY, ready: (pid: number) => boolean = () => l.stdout().includes('"rootEntries"')): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
@@ -110,8 +114,8 @@ export async function waitSandboxed(l: Launched, capBnd: string, timeoutMs = 150
     if (pid !== undefined) {
       try {
         const st = procStatus(pid);
-        last = `CapBnd ${st.CapBnd} NoNewPrivs ${st.NoNewPrivs}`;
-        if (st.CapBnd === capBnd && st.NoNewPrivs === '1' && ready(pid)) return pid;
+        last = `CapEff ${st.CapEff} CapBnd ${st.CapBnd} NoNewPrivs ${st.NoNewPrivs}`;
+        if (st.CapEff === caps && st.CapBnd === NO_CAPS && st.NoNewPrivs === '1' && ready(pid)) return pid;
       } catch {
         // raced with exit; loop
       }

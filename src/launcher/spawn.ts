@@ -52,9 +52,10 @@ export function daemonNodeArgs(entryOverride?: string): string[] {
 /** Capabilities the daemon's process may hold at exec: the kept set plus what setup needs. */
 export function execBoundingSet(config: DaemonConfig): string[] {
   const caps = new Set(resolveCapabilities(config.modcaps));
-  // PR_CAPBSET_DROP of the setup capabilities afterwards needs CAP_SETPCAP.
-  if (config.sandbox === 'namespace') { caps.add('sys_admin'); caps.add('setpcap'); }
-  if (config.sandbox === 'chroot') { caps.add('sys_chroot'); caps.add('setpcap'); }
+  // Emptying the bounding set afterwards (PR_CAPBSET_DROP) needs CAP_SETPCAP.
+  caps.add('setpcap');
+  if (config.sandbox === 'namespace') caps.add('sys_admin');
+  if (config.sandbox === 'chroot') caps.add('sys_chroot');
   return [...caps];
 }
 

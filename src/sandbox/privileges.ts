@@ -69,7 +69,7 @@ export function setNofileLimit(requested?: number): number {
 
 /**
  * Drop privileges of the calling thread: (optionally) RLIMIT_NOFILE, PR_SET_NO_NEW_PRIVS,
- * every capability outside the kept set removed from the bounding set, the ambient set
+ * the bounding set emptied, the ambient set
  * cleared, and effective = permitted = kept set, inheritable empty. Throws SandboxError.
  */
 export function dropPrivileges(plan: PrivilegePlan = {}): void {
@@ -80,9 +80,16 @@ export function dropPrivileges(plan: PrivilegePlan = {}): void {
   const before = step('capget', () => capget());
   // Dropping from the bounding set needs CAP_SETPCAP in the effective set: do it first.
   const last = lastCapability();
-  step('prctl PR_CAPBSET_DROP', () => {
+  const CAP_SETPCAP = 8;
+  if (((before.effective >> BigInt(CAP_SETPCAP)) & 1n) === 0n) {
+    // Unprivileged (no user namespace): we cannot touch the bounding set, and need not:
+    // with no_new_privs set an exec can gain no capability anyway.
+    log.debug('no CAP_SETPCAP: bounding set left as is (no_new_privs already stops any gain at exec)');
+  } else step('prctl PR_CAPBSET_DROP', () => {
+    // The whole bounding set goes, kept capabilities included (as virtiofsd): it only
+    // limits what an exec could gain, the daemon never execs, and the kept set stays in
+    // the permitted set, which is what switching back to uid 0 restores from.
     for (let n = 0; n <= last; n++) {
-      if ((keep >> BigInt(n)) & 1n) continue;
       if (!capBoundingHas(n)) continue;
       try {
         capBoundingDrop(n);
