@@ -5,7 +5,12 @@
 //
 //   node tools/gen-syscall-tables.mjs [--x86_64 HEADER] [--aarch64 HEADER]
 //
-// x86_64: /usr/include/x86_64-linux-gnu/asm/unistd_64.h (linux-libc-dev).
+// The committed tables come from Debian sid's linux-libc-dev and linux-libc-dev-arm64-cross
+// (uapi headers of Linux 7.2, unpacked with dpkg-deb -x), so syscalls newer than the
+// machine's own headers (the *xattrat calls the FUSE core makes, Linux 6.13) are named:
+//   --x86_64 <root>/usr/lib/linux/uapi/x86/asm/unistd_64.h
+//   --aarch64 <root>/usr/aarch64-linux-gnu/include/asm/unistd.h
+// x86_64 default: /usr/include/x86_64-linux-gnu/asm/unistd_64.h (linux-libc-dev).
 // aarch64: /usr/aarch64-linux-gnu/include/asm/unistd.h (linux-libc-dev-arm64-cross), which
 // sets arm64's __ARCH_WANT_* switches and includes the generic table; its conditionals and
 // aliases (__NR_fcntl -> __NR3264_fcntl) are resolved by running the C preprocessor (cpp -dM)
