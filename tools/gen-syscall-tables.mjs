@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+/* global process, console */
 // Generates the syscall number tables the seccomp compiler uses, from the kernel's own
 // uapi headers, so no number in the compiled filters is typed by hand. The output is
 // committed (src/sandbox/seccomp/syscalls-<arch>.ts); rerun this after a header upgrade:
