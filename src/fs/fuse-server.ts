@@ -143,14 +143,6 @@ class FuseServer implements FuseSession {
   private init(): number {
     const s = this.s;
     const req = s.req;
-    if (this.initialized) {
-      // A rebooted or reset guest starts over with INIT on the same connection: its old
-      // node ids mean nothing any more, so release them as DESTROY would (virtiofsd too
-      // resets its inode store on INIT). A VM pause/resume keeps the rings' state and
-      // sends no INIT, so nothing is lost there.
-      s.log.info('INIT on an initialized session: the client restarted; releasing its inodes and handles');
-      this.release();
-    }
     const major = req.u32(InitIn.off.major);
     const minor = req.u32(InitIn.off.minor);
     const O = InitOut.off;
@@ -163,6 +155,15 @@ class FuseServer implements FuseSession {
     if (major < FUSE_KERNEL_VERSION || minor < FUSE_MIN_MINOR_VERSION) {
       s.log.warn(`client speaks FUSE ${major}.${minor}; ${FUSE_KERNEL_VERSION}.${FUSE_MIN_MINOR_VERSION} or later is needed`);
       return -E.EPROTO;
+    }
+    if (this.initialized) {
+      // (Only an INIT we accept does this: a malformed one leaves the session as it was.)
+      // A rebooted or reset guest starts over with INIT on the same connection: its old
+      // node ids mean nothing any more, so release them as DESTROY would (virtiofsd too
+      // resets its inode store on INIT). A VM pause/resume keeps the rings' state and
+      // sends no INIT, so nothing is lost there.
+      s.log.info('INIT on an initialized session: the client restarted; releasing its inodes and handles');
+      this.release();
     }
     const clientFlags = req.u32(InitIn.off.flags);
     // POSIX_LOCKS and FLOCK_LOCKS are not offered (see the opcode table), nor DONT_MASK:
