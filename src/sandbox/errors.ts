@@ -1,6 +1,9 @@
 // The one error type of the sandbox stage: which step failed and with what errno, so the
 // daemon can fail closed with a line an operator can act on.
 import { SysError, errnoName } from '../sys/libc.js';
+import { logger } from '../log.js';
+
+const log = logger('sandbox');
 
 export class SandboxError extends Error {
   readonly step: string;
@@ -24,5 +27,15 @@ export class SandboxError extends Error {
       return new SandboxError(step, Math.abs(e.errno), e.message ?? errnoName(Math.abs(e.errno)));
     }
     return new SandboxError(step, 0, err instanceof Error ? err.message : String(err));
+  }
+}
+
+/** Run one named step of the sandbox stage: logged at debug, any failure a SandboxError naming it. */
+export function sandboxStep<T>(name: string, fn: () => T): T {
+  log.debug(name);
+  try {
+    return fn();
+  } catch (err) {
+    throw SandboxError.from(name, err);
   }
 }

@@ -10,7 +10,7 @@
 import fs from 'node:fs';
 import { logger } from '../log.js';
 import { MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT, MS_SLAVE, chroot, mount, pivotRoot, umount2 } from '../sys/mount-calls.js';
-import { SandboxError } from './errors.js';
+import { SandboxError, sandboxStep as step } from './errors.js';
 
 const log = logger('sandbox');
 
@@ -36,15 +36,6 @@ export interface SandboxResult {
 // O_PATH is missing from fs.constants; its value is the same on x86_64 and aarch64.
 const O_PATH = 0o10000000;
 const { O_DIRECTORY, O_NOFOLLOW, O_RDONLY } = fs.constants;
-
-function step<T>(name: string, fn: () => T): T {
-  log.debug(`${name}`);
-  try {
-    return fn();
-  } catch (err) {
-    throw SandboxError.from(name, err);
-  }
-}
 
 /** open(2) through libuv (always O_CLOEXEC). */
 function openPath(path: string, extra = 0): number {

@@ -10,7 +10,7 @@ import {
   setNoNewPrivs, setrlimit,
 } from '../sys/process-calls.js';
 import { capabilityMask, capabilityName, capabilityNames, lastCapability, resolveCapabilities } from './capabilities.js';
-import { SandboxError } from './errors.js';
+import { sandboxStep as step } from './errors.js';
 
 const log = logger('sandbox');
 
@@ -26,15 +26,6 @@ export interface PrivilegePlan {
   rlimitNofile?: number;
   /** Set RLIMIT_NOFILE (default true; false on the second thread since it is per process). */
   setRlimit?: boolean;
-}
-
-function step<T>(name: string, fn: () => T): T {
-  log.debug(`${name}`);
-  try {
-    return fn();
-  } catch (err) {
-    throw SandboxError.from(name, err);
-  }
 }
 
 function nrOpen(): number {
