@@ -13,7 +13,7 @@ import type { DaemonConfig } from './options.js';
 import type { FromMain, ToMain, TransportSpec } from './worker-messages.js';
 import { logger, setLogLevel, setLogSink, useSyslog } from '../log.js';
 import { connectSyslog, sendSyslog } from '../sys/syslog-calls.js';
-import { eventfd, eventfdWrite } from '../sys/event-calls.js';
+import { closeFd, eventfd, eventfdWrite, pipeCloexec } from '../sys/event-calls.js';
 import { listenUnix } from '../sys/socket-calls.js';
 import { mountFuse } from '../fuse-dev/mount.js';
 import { spawn } from 'node:child_process';
@@ -72,7 +72,6 @@ function openTransport(cfg: DaemonConfig): TransportSpec {
   if (cfg.mountpoint !== undefined) {
     const devFd = mountFuse({ mountpoint: cfg.mountpoint, sourceName: cfg.sharedDir, allowOther: true, readOnly: cfg.fs.readonly });
     log.info(`mounted ${cfg.sharedDir} on ${cfg.mountpoint}`);
-    startUnmountWatcher(cfg.mountpoint);
     return { kind: 'fuse', devFd, maxWrite: FUSE_DEV_MAX_WRITE };
   }
   if (cfg.listenFd !== undefined) return { kind: 'vhost', listenFd: cfg.listenFd, tag: cfg.tag };
@@ -117,6 +116,7 @@ async function run(argv: string[]): Promise<number> {
   const capabilities = resolveCapabilities(cfg.modcaps);
   const seccomp = prepareSeccomp(cfg.seccomp, cfg.seccompPolicies);
   const transport = openTransport(cfg);
+  if (cfg.mountpoint !== undefined) await startUnmountWatcher(cfg.mountpoint);
   const worker = await startWorker();
 
   const sandbox = enterSandbox({ mode: cfg.sandbox, sharedDir: cfg.sharedDir });
@@ -149,15 +149,23 @@ async function run(argv: string[]): Promise<number> {
  * Undo the daemon's own mount (--mountpoint, --sandbox none) whenever the daemon ends,
  * however it ends. The daemon itself cannot: by then it has dropped CAP_SYS_ADMIN and its
  * seccomp policy has no umount2, and a daemon killed by SIGSYS runs no code at all. So a
- * small watcher is started now, while we may still exec: it blocks reading a pipe whose
- * write end only this process holds, and unmounts when the pipe closes at our exit
- * (fusermount3's auto_unmount works the same way).
+ * watcher is started now, while we may still exec: it blocks reading a pipe whose write
+ * end only this process holds, and unmounts when the pipe closes at our exit (fusermount3's
+ * auto_unmount works the same way). The pipe is ours, not a Node stream, because Node
+ * closes a child's stdin when the child exits; and the watcher is detached (its shell
+ * exits at once, before the sandbox) so that no SIGCHLD, and no wait4 the policy does not
+ * allow, reaches us later.
  */
-function startUnmountWatcher(mountpoint: string): void {
-  const watcher = spawn('/bin/sh', ['-c', 'read _ignored; exec umount -l -- "$1"', 'vfs-unmount', mountpoint], {
-    stdio: ['pipe', 'ignore', 'inherit'],
+async function startUnmountWatcher(mountpoint: string): Promise<void> {
+  const [readEnd, writeEnd] = pipeCloexec();
+  const script = 'exec 3<&0; { read _ignored <&3; exec umount -l -- "$1"; } & exit 0';
+  const shell = spawn('/bin/sh', ['-c', script, 'vfs-unmount', mountpoint], { stdio: [readEnd, 'ignore', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    shell.once('error', reject);
+    shell.once('exit', () => resolve());
   });
-  watcher.on('error', (err) => log.warn(`unmount watcher for ${mountpoint}: ${err.message}`));
+  closeFd(readEnd);
+  log.debug(`unmount watcher for ${mountpoint} holds the read end; write end fd ${writeEnd} stays open until exit`);
 }
 
 run(process.argv.slice(2)).then(

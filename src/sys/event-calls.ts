@@ -122,3 +122,13 @@ export class Epoll {
     closeRaw(this.fd);
   }
 }
+
+const pipe2Raw = libc.func('int pipe2(_Out_ int *fds, int flags)');
+const O_CLOEXEC = 0o2000000;
+
+/** A close-on-exec pipe outside Node's stream machinery: [readFd, writeFd]. */
+export function pipeCloexec(): [number, number] {
+  const fds = [0, 0];
+  check(pipe2Raw(fds, O_CLOEXEC), 'pipe2');
+  return [fds[0], fds[1]];
+}
