@@ -5,7 +5,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { useMount, bothLstat, codeOf, pyJson, type Server } from './mount-helpers.js';
+import { useMount, subdirMaker, bothLstat, codeOf, pyJson, type Server } from './mount-helpers.js';
 
 const server = useMount(test);
 let s: Server;
@@ -14,13 +14,7 @@ test.beforeEach(() => {
   s = server();
 });
 
-let n = 0;
-function sub(): { rel: string; m: string; h: string; r: string } {
-  const rel = `d${n++}`;
-  fs.mkdirSync(path.join(s.mnt, rel));
-  fs.mkdirSync(path.join(s.ref, rel));
-  return { rel, m: path.join(s.mnt, rel), h: path.join(s.shared, rel), r: path.join(s.ref, rel) };
-}
+const sub = subdirMaker(() => s, 'd');
 
 test('mkdir, rmdir and rename give the same outcomes as a plain directory', (t) => {
   const d = sub();

@@ -6,7 +6,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { useMount, bothLstat, codeOf, pyJson, run, type Server } from './mount-helpers.js';
+import { useMount, subdirMaker, bothLstat, codeOf, pyJson, run, type Server } from './mount-helpers.js';
 
 const server = useMount(test);
 let s: Server;
@@ -15,14 +15,7 @@ test.beforeEach(() => {
   s = server();
 });
 
-/** A fresh subdirectory per test: made through the mount, plus its twin in the plain ref dir. */
-let n = 0;
-function sub(): { rel: string; m: string; h: string; r: string } {
-  const rel = `t${n++}`;
-  fs.mkdirSync(path.join(s.mnt, rel));
-  fs.mkdirSync(path.join(s.ref, rel));
-  return { rel, m: path.join(s.mnt, rel), h: path.join(s.shared, rel), r: path.join(s.ref, rel) };
-}
+const sub = subdirMaker(() => s, 't');
 
 test('written data is on the host and reads back through the mount', (t) => {
   const d = sub();

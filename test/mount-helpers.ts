@@ -251,3 +251,23 @@ export function bothLstat(s: Dirs, rel: string): [Record<string, string>, Record
   return [statView(fs.lstatSync(path.join(s.mnt, rel), { bigint: true })),
     statView(fs.lstatSync(path.join(s.shared, rel), { bigint: true }))];
 }
+
+/** A test's own subdirectory: through the mount (m), on the host (h), in the plain ref dir (r). */
+export interface Subdir {
+  rel: string;
+  m: string;
+  h: string;
+  r: string;
+}
+
+/** A maker of fresh subdirectories (named prefix0, prefix1, ...) on the current server. */
+export function subdirMaker(current: () => Server, prefix: string): () => Subdir {
+  let n = 0;
+  return () => {
+    const s = current();
+    const rel = `${prefix}${n++}`;
+    fs.mkdirSync(path.join(s.mnt, rel));
+    fs.mkdirSync(path.join(s.ref, rel));
+    return { rel, m: path.join(s.mnt, rel), h: path.join(s.shared, rel), r: path.join(s.ref, rel) };
+  };
+}
