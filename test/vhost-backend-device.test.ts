@@ -8,8 +8,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { execFileSync } from 'node:child_process';
 import { VirtioFsFrontend, HIPRIO, REQUEST, type FrontendOptions } from './frontend/virtio-fs.js';
 import { Req, FLAG_VERSION, FLAG_NEED_REPLY, vringState, u64 } from './frontend/vhost-user.js';
 import { request, IN_HEADER, OUT_HEADER } from './frontend/fuse-requests.js';
@@ -18,17 +17,17 @@ import { listenUnix, connectUnix, closeFd, recvMsg, pollIn } from '../src/sys/so
 import { eventfd, eventfdWrite } from '../src/sys/event-calls.js';
 import { Feature, ProtocolFeature, CONFIG, Req as VReq, encodeConfigAccess } from '../src/vhost/vhost-user-protocol.js';
 import { OFFERED_FEATURES } from '../src/vhost/vhost-user-backend.js';
+import { repoFile, startDeviceChild, type DeviceChild } from './vhost-backend-helpers.js';
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const ECHO = 4242;
 const ENOSYS = 38;
 
 // The child: listen, serve one frontend with the stand-in session, exit with the code.
 const CHILD = `
-import { runVhostDevice } from ${JSON.stringify(path.join(REPO, 'src/vhost/device.ts'))};
-import { listenUnix } from ${JSON.stringify(path.join(REPO, 'src/sys/socket-calls.ts'))};
-import { eventfd } from ${JSON.stringify(path.join(REPO, 'src/sys/event-calls.ts'))};
-import { setLogLevel } from ${JSON.stringify(path.join(REPO, 'src/log.ts'))};
+import { runVhostDevice } from ${repoFile('src/vhost/device.ts')};
+import { listenUnix } from ${repoFile('src/sys/socket-calls.ts')};
+import { eventfd } from ${repoFile('src/sys/event-calls.ts')};
+import { setLogLevel } from ${repoFile('src/log.ts')};
 setLogLevel('debug');
 const [sock, tag] = process.argv.slice(-2);
 const listenFd = listenUnix(sock);
@@ -56,34 +55,10 @@ console.error('served ' + served + ' exit ' + code);
 process.exit(code);
 `;
 
-interface Child {
-  proc: ChildProcess;
-  sock: string;
-  log(): string;
-  exited: Promise<number | null>;
-}
+type Child = DeviceChild;
 
-async function startChild(t: { teardown(fn: () => void | Promise<void>): void }, tag = 'backend-test'): Promise<Child> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhost-backend-device-'));
-  const sock = path.join(dir, 'vhost.sock');
-  const logPath = path.join(dir, 'log');
-  const logFd = fs.openSync(logPath, 'w');
-  const proc = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', CHILD, '--', sock, tag], { cwd: REPO, stdio: ['ignore', logFd, logFd] });
-  fs.closeSync(logFd);
-  const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
-  // Wait for the child to be gone: a SIGCHLD arriving later would interrupt the next
-  // test's blocking receive (the frontend's socket has a timeout, so it is not restarted).
-  t.teardown(async () => {
-    proc.kill('SIGKILL');
-    await exited;
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const deadline = Date.now() + 60000;
-  while (!fs.existsSync(sock)) {
-    if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`device did not start: ${fs.readFileSync(logPath, 'utf8')}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return { proc, sock, exited, log: () => fs.readFileSync(logPath, 'utf8') };
+function startChild(t: { teardown(fn: () => void | Promise<void>): void }, tag = 'backend-test'): Promise<Child> {
+  return startDeviceChild(t, 'vhost-backend-device-', CHILD, () => [tag]);
 }
 
 function open(t: { teardown(fn: () => void): void }, c: Child, opts: Partial<FrontendOptions> = {}): VirtioFsFrontend {

@@ -5,24 +5,20 @@
 // files above 4 GiB of offset, and a guest whose buffers sit above 4 GiB of guest memory.
 import test from 'ava';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { VirtioFsFrontend, type FrontendOptions } from './frontend/virtio-fs.js';
 import { FuseClient } from './frontend/fuse-client.js';
 import { ROOT_ID } from './frontend/fuse-requests.js';
+import { repoFile, startDeviceChild } from './vhost-backend-helpers.js';
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const src = (p: string): string => JSON.stringify(path.join(REPO, p));
 
 const CHILD = `
-import { runVhostDevice } from ${src('src/vhost/device.ts')};
-import { listenUnix } from ${src('src/sys/socket-calls.ts')};
-import { eventfd } from ${src('src/sys/event-calls.ts')};
-import { createFuseServer } from ${src('src/fs/fuse-server.ts')};
-import { DEFAULT_FS_OPTIONS } from ${src('src/fs/options.ts')};
+import { runVhostDevice } from ${repoFile('src/vhost/device.ts')};
+import { listenUnix } from ${repoFile('src/sys/socket-calls.ts')};
+import { eventfd } from ${repoFile('src/sys/event-calls.ts')};
+import { createFuseServer } from ${repoFile('src/fs/fuse-server.ts')};
+import { DEFAULT_FS_OPTIONS } from ${repoFile('src/fs/options.ts')};
 import fs from 'node:fs';
 const [sock, shared] = process.argv.slice(-2);
 const O_PATH = 0o10000000, O_DIRECTORY = 0o200000;
@@ -35,24 +31,10 @@ process.exit(code);
 `;
 
 async function serve(t: { teardown(fn: () => void | Promise<void>): void }, opts: Partial<FrontendOptions>): Promise<{ shared: string; c: FuseClient; fe: VirtioFsFrontend }> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhost-backend-fuse-'));
-  const shared = path.join(dir, 'shared');
-  fs.mkdirSync(shared);
-  const sock = path.join(dir, 'vhost.sock');
-  const logFd = fs.openSync(path.join(dir, 'log'), 'w');
-  const proc = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', CHILD, '--', sock, shared], { cwd: REPO, stdio: ['ignore', logFd, logFd] });
-  fs.closeSync(logFd);
-  const exited = new Promise<void>((resolve) => proc.on('exit', () => resolve()));
-  t.teardown(async () => {
-    proc.kill('SIGKILL');
-    await exited;
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const deadline = Date.now() + 60000;
-  while (!fs.existsSync(sock)) {
-    if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`device did not start: ${fs.readFileSync(path.join(dir, 'log'), 'utf8')}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  const child = await startDeviceChild(t, 'vhost-backend-fuse-', CHILD, (dir) => [path.join(dir, 'shared')],
+    (dir) => fs.mkdirSync(path.join(dir, 'shared')));
+  const shared = path.join(child.dir, 'shared');
+  const sock = child.sock;
   const fe = VirtioFsFrontend.open({ socketPath: sock, queueSize: 256, ...opts });
   t.teardown(() => fe.close());
   const c = new FuseClient(fe);
