@@ -6,9 +6,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { daemonCommand, REPO } from './entry-points.js';
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const DAEMON = daemonCommand();
 
 function mounted(mnt: string): boolean {
   return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === mnt);
@@ -35,7 +35,7 @@ for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
       if (mounted(mnt)) spawnSync('umount', ['-l', mnt]); // only when the test failed
       fs.rmSync(base, { recursive: true, force: true });
     });
-    const daemon = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'src/daemon/main.ts'),
+    const daemon = spawn(DAEMON[0], [...DAEMON.slice(1),
       '--shared-dir', share, '--mountpoint', mnt, '--sandbox', 'none'], { cwd: REPO, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     daemon.stderr.on('data', (c: Buffer) => { stderr += c.toString(); });

@@ -6,10 +6,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { daemonCommand, REPO } from './entry-points.js';
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const DAEMON = ['--import', 'tsx', path.join(REPO, 'src/daemon/main.ts')];
+const DAEMON = daemonCommand().slice(1);
 const DEV_LOG = '/dev/log';
 
 // A python3 datagram receiver bound at /dev/log that echoes what it gets, one per line.

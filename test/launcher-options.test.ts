@@ -97,7 +97,7 @@ for (const c of CASES) {
 
 test('the binary: a refused option exits 2 with one line on stderr, nothing on stdout', (t) => {
   const d = tmp(t);
-  const r = spawnSync(process.execPath, ['--import', 'tsx', LAUNCHER, '--shared-dir', `${d}/missing`, '--', '--socket-path', `${d}/s`], { cwd: ROOT, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [...LAUNCHER.slice(1), '--shared-dir', `${d}/missing`, '--', '--socket-path', `${d}/s`], { cwd: ROOT, encoding: 'utf8' });
   t.is(r.status, 2);
   t.is(r.stdout, '');
   t.is(r.stderr, `vfs-launch: --shared-dir: '${d}/missing' does not exist; create it or give an existing directory\n`);
@@ -105,7 +105,7 @@ test('the binary: a refused option exits 2 with one line on stderr, nothing on s
 });
 
 test('the binary: --print-capabilities prints the vhost-user.json document', (t) => {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', LAUNCHER, '--print-capabilities'], { cwd: ROOT, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [...LAUNCHER.slice(1), '--print-capabilities'], { cwd: ROOT, encoding: 'utf8' });
   t.is(r.status, 0, r.stderr);
   t.deepEqual(JSON.parse(r.stdout), { type: 'fs', features: ['separate-options'] });
 });

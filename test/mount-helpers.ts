@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import type { ExecutionContext, TestFn } from 'ava';
 import { isMountPoint, mountPoints } from '../src/fuse-dev/mount.js';
 import { umount2, MNT_DETACH } from '../src/sys/mount-calls.js';
+import { launcherCommand } from './entry-points.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const BASE_PREFIX = '/tmp/vfs-mt-';
@@ -99,7 +100,7 @@ export function serverCommand(shared: string, mnt: string, extra: readonly strin
     return [process.execPath, '--import', 'tsx', path.join(ROOT, driver === 'serve' ? 'test/mount-serve.ts' : 'test/mount-stub-serve.ts'),
       '--shared-dir', shared, '--mountpoint', mnt, ...extra];
   }
-  return [process.execPath, '--import', 'tsx', path.join(ROOT, 'src/launcher/main.ts'),
+  return [...launcherCommand(),
     '--shared-dir', shared, '--mountpoint', mnt, '--sandbox', 'none', ...LAUNCH_ARGS, ...extra];
 }
 

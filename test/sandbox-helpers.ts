@@ -1,4 +1,4 @@
-// Shared by the sandbox/launcher tests: start vfs-launch from source as a real process,
+// Shared by the sandbox/launcher tests: start vfs-launch (test/entry-points.ts) as a real process,
 // find the daemon it started (a descendant running the daemon entry), wait until the
 // daemon's main thread has finished its sandbox stage, and read its /proc files from
 // outside. Everything here looks at the kernel's view; nothing is mocked.
@@ -9,10 +9,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { capabilityMask, resolveCapabilities } from '../src/sandbox/capabilities.js';
+import { daemonCommand, launcherCommand } from './entry-points.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(here, '..');
-export const LAUNCHER = path.join(ROOT, 'src', 'launcher', 'main.ts');
+/** argv prefix that runs vfs-launch: dist/ when fresh, else the sources through tsx. */
+export const LAUNCHER = launcherCommand();
 /** Stand-in daemon: the sandbox stage exactly as the daemon runs it, then waits. */
 export const ENTRY = path.join(ROOT, 'test', 'sandbox-entry.ts');
 
@@ -23,15 +25,15 @@ export interface Launched {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** The real daemon (vfs-launch's default entry when run from source). */
-export const DAEMON = path.join(ROOT, 'src', 'daemon', 'main.ts');
+/** The real daemon's entry file, as the launcher above starts it. */
+export const DAEMON = daemonCommand().at(-1) ?? '';
 
 export function startLauncher(args: readonly string[], opts: { uid?: number; gid?: number; entry?: string; env?: Record<string, string>; fd3?: number } = {}): Launched {
   const entry = opts.entry ?? ENTRY;
   const env: Record<string, string | undefined> = { ...process.env, HOME: os.tmpdir(), ...opts.env };
   if (entry === DAEMON) delete env.VFS_DAEMON_ENTRY;
   else env.VFS_DAEMON_ENTRY = entry;
-  const proc = spawn(process.execPath, ['--import', 'tsx', LAUNCHER, ...args], {
+  const proc = spawn(LAUNCHER[0] ?? process.execPath, [...LAUNCHER.slice(1), ...args], {
     cwd: ROOT,
     env,
     // fd3: an fd the launcher inherits as 3 (as libvirt passes its listening socket).

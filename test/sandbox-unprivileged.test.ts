@@ -77,7 +77,7 @@ test('unprivileged: chroot and a foreign uid range are refused before anything s
   const { share, sockDir } = userShare(t);
   const run = (args: string[]): { status: number | null; stderr: string } => {
     try {
-      execFileSync(process.execPath, ['--import', 'tsx', LAUNCHER, ...args], { uid: who.uid, gid: who.gid, stdio: 'pipe', env: { ...process.env, HOME: os.tmpdir() } });
+      execFileSync(process.execPath, [...LAUNCHER.slice(1), ...args], { uid: who.uid, gid: who.gid, stdio: 'pipe', env: { ...process.env, HOME: os.tmpdir() } });
       return { status: 0, stderr: '' };
     } catch (err) {
       const e = err as { status: number | null; stderr: Buffer };

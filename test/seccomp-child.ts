@@ -17,10 +17,20 @@ import { libc } from '../src/sys/libc.js';
 
 const [mode, action, ...files] = process.argv.slice(2) as [SeccompMode, string, ...string[]];
 const syscall = libc.func('long syscall(long number, long a, long b, long c)');
-const NR: Record<string, { syslog: number; io_uring_setup: number }> = {
-  x64: { syslog: 103, io_uring_setup: 425 },
-  arm64: { syslog: 116, io_uring_setup: 425 },
+const NR: Record<string, { syslog: number; io_uring_setup: number; exit_group: number }> = {
+  x64: { syslog: 103, io_uring_setup: 425, exit_group: 231 },
+  arm64: { syslog: 116, io_uring_setup: 425, exit_group: 94 },
 };
+
+/**
+ * End the process at once with exit_group(2), skipping Node's teardown: run through tsx, a
+ * cold transform cache leaves an esbuild service child whose exit during that teardown makes
+ * libuv call wait4, which the policy kills for (seen in CI as a flaky SIGSYS).
+ */
+function exitNow(code: number): never {
+  syscall(NR[process.arch]!.exit_group, code, 0, 0);
+  throw new Error('exit_group returned');
+}
 
 // Everything read after the filter must already be loaded: the status action's fs calls are
 // allowed only in log mode, where the test uses it.
@@ -55,7 +65,7 @@ const worker = new Worker('setInterval(() => {}, 1000)', { eval: true });
 worker.once('online', async () => {
   if (action === 'tsync') {
     process.stdout.write(JSON.stringify({ report: null, out: await tsyncConflict() }) + '\n');
-    process.exit(0);
+    exitNow(0);
   }
   const prepared = prepareSeccomp(mode, files.length > 0 ? files : undefined);
   const report = installSeccomp(prepared);
@@ -74,5 +84,5 @@ worker.once('online', async () => {
     out = { ret: r, errno: koffi.errno() };
   }
   process.stdout.write(JSON.stringify({ report, out }) + '\n');
-  process.exit(0);
+  exitNow(0);
 });

@@ -1,14 +1,14 @@
-// Starts the vhost-user-fs backend a test guest connects to: our daemon (through vfs-launch
-// once it exists, else the daemon entry directly) or the reference Rust virtiofsd fetched by
+// Starts the vhost-user-fs backend a test guest connects to: our daemon (through vfs-launch) or the reference Rust virtiofsd fetched by
 // scripts/fetch-virtiofsd.sh, so the same end-to-end checks can be run against both.
 // VFS_E2E_BACKEND=reference selects the reference; the default is ours. VFS_E2E_LAUNCHER_ARGS
 // adds launcher options (space-separated, e.g. "--seccomp log") to runs of ours. Ours runs from
 // dist/ (what users run; `npm test` builds it first) when that build is newer than every source
-// file, else from src/ through tsx; VFS_E2E_FROM=dist|src forces one.
+// file, else from src/ through tsx (test/entry-points.ts; VFS_TEST_FROM=dist|src forces one).
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { REPO_ROOT } from './guest.js';
+import { launcherCommand } from '../entry-points.js';
 
 export type BackendKind = 'ours' | 'reference';
 export type SandboxMode = 'none' | 'namespace' | 'chroot';
@@ -57,39 +57,13 @@ export function referenceVirtiofsd(): string {
   return referenceBinary;
 }
 
-function newestMtime(dir: string, ext: string): number {
-  let newest = 0;
-  for (const e of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
-    if (e.isFile() && e.name.endsWith(ext)) newest = Math.max(newest, fs.statSync(path.join(e.parentPath, e.name)).mtimeMs);
-  }
-  return newest;
-}
-
-/** Whether to run our daemon from the build in dist/ rather than from the sources. */
-export function useDist(): boolean {
-  const from = process.env.VFS_E2E_FROM;
-  if (from === 'dist') return true;
-  if (from === 'src') return false;
-  if (from !== undefined) throw new Error(`VFS_E2E_FROM=${from}: use dist or src`);
-  const dist = path.join(REPO_ROOT, 'dist');
-  if (!fs.existsSync(path.join(dist, 'launcher/main.js'))) return false;
-  return newestMtime(dist, '.js') >= newestMtime(path.join(REPO_ROOT, 'src'), '.ts');
-}
-
 export function backendCommand(o: BackendOptions): string[] {
   const extra = o.daemonArgs ?? [];
   if (o.kind === 'reference') {
     return [referenceVirtiofsd(), '--shared-dir', o.sharedDir, '--socket-path', o.socketPath, '--sandbox', o.sandbox, ...extra];
   }
-  const dist = useDist();
-  const node = dist ? [process.execPath] : [process.execPath, '--import', 'tsx'];
-  const launcher = path.join(REPO_ROOT, dist ? 'dist/launcher/main.js' : 'src/launcher/main.ts');
-  if (fs.existsSync(launcher)) {
-    const launcherArgs = (process.env.VFS_E2E_LAUNCHER_ARGS ?? '').split(/\s+/).filter((a) => a.length > 0);
-    return [...node, launcher, '--shared-dir', o.sharedDir, '--sandbox', o.sandbox, ...launcherArgs, '--', '--socket-path', o.socketPath, ...extra];
-  }
-  const daemon = path.join(REPO_ROOT, 'src/daemon/main.ts');
-  return [...node, daemon, '--shared-dir', o.sharedDir, '--socket-path', o.socketPath, '--sandbox', o.sandbox, ...extra];
+  const launcherArgs = (process.env.VFS_E2E_LAUNCHER_ARGS ?? '').split(/\s+/).filter((a) => a.length > 0);
+  return [...launcherCommand(), '--shared-dir', o.sharedDir, '--sandbox', o.sandbox, ...launcherArgs, '--', '--socket-path', o.socketPath, ...extra];
 }
 
 function isSocket(p: string): boolean {

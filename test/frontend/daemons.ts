@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { daemonCommand } from '../entry-points.js';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -39,27 +40,13 @@ export function findVirtiofsd(): string {
   return virtiofsdPath;
 }
 
-function newestMtime(dir: string): number {
-  let newest = 0;
-  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    newest = Math.max(newest, e.isDirectory() ? newestMtime(p) : fs.statSync(p).mtimeMs);
-  }
-  return newest;
-}
-
 /**
- * How to start our daemon: the compiled dist/daemon/main.js when it is newer than every
- * source file (npm test builds it first; it starts in a fraction of the time tsx needs),
- * else src/daemon/main.ts through tsx. VFS_TEST_DAEMON=entry: the stand-in in backend-entry.ts.
+ * How to start our daemon (test/entry-points.ts: dist/ when fresh, else the sources).
+ * VFS_TEST_DAEMON=entry: the stand-in in backend-entry.ts.
  */
 export function vfsDaemonCommand(): string[] {
   if (process.env.VFS_TEST_DAEMON === 'entry') return [process.execPath, '--import', 'tsx', path.join(REPO, 'test/frontend/backend-entry.ts')];
-  const dist = path.join(REPO, 'dist/daemon/main.js');
-  if (process.env.VFS_TEST_DAEMON !== 'source' && fs.existsSync(dist) && fs.statSync(dist).mtimeMs >= newestMtime(path.join(REPO, 'src'))) {
-    return [process.execPath, dist];
-  }
-  return [process.execPath, '--import', 'tsx', path.join(REPO, 'src/daemon/main.ts')];
+  return daemonCommand();
 }
 
 export interface StartOptions {
@@ -67,7 +54,7 @@ export interface StartOptions {
   extraArgs?: string[];
   socketPath?: string;
   timeoutMs?: number;
-  /** Program and leading arguments that start our daemon (default: src/daemon/main.ts through tsx). */
+  /** Program and leading arguments that start our daemon (default: vfsDaemonCommand()). */
   vfsCommand?: string[];
 }
 
