@@ -4,7 +4,7 @@
 // idle and loaded RSS (VmRSS). See bench/README.md.
 //
 //   node --import tsx bench/vhost-bench.ts [--seconds S] [--depths 1,16] [--only name,...]
-//        [--cpu-prof DIR] [--from-source]
+//        [--rounds N] [--cpu-prof DIR] [--from-source]
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -25,6 +25,7 @@ const ONLY = opt('--only')?.split(',');
 const CPU_PROF = opt('--cpu-prof');
 const FROM_SOURCE = args.includes('--from-source');
 const BACKENDS = (opt('--backends') ?? 'vfs,virtiofsd').split(',') as BackendKind[];
+const ROUNDS = Number(opt('--rounds') ?? 3);
 const TICK_US = 1e6 / Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim() || 100);
 
 const FILE_SIZE = 64 << 20;
@@ -283,10 +284,22 @@ function prepare(dir: string): void {
 interface Row {
   workload: string;
   depth: number;
-  res: Partial<Record<BackendKind, Result>>;
+  /** Every round's result, per backend. */
+  res: Partial<Record<BackendKind, Result[]>>;
 }
 
-async function bench(kind: BackendKind, shared: string, rows: Row[]): Promise<{ idle: number; loaded: number; startMs: number }> {
+/** One connected backend: its process, its FUSE session, and the node ids the workloads use. */
+interface Session {
+  kind: BackendKind;
+  d: Daemon;
+  c: FuseClient;
+  nodes: Nodes;
+  idle: number;
+  loaded: number;
+  startMs: number;
+}
+
+async function openSession(kind: BackendKind, shared: string): Promise<Session> {
   // The V8 profiler makes syscalls (a sampling thread, signals, file writes) the seccomp
   // allowlist does not carry: profile without the filter.
   const extra: string[] = kind === 'vfs' && CPU_PROF !== undefined ? ['--seccomp', 'none'] : [];
@@ -305,15 +318,13 @@ async function bench(kind: BackendKind, shared: string, rows: Row[]): Promise<{ 
   const t0 = Date.now();
   const d = await startDaemon(kind, { sharedDir: shared, extraArgs: extra, vfsCommand });
   const startMs = Date.now() - t0;
-  let loaded = 0;
-  let idle: number;
   try {
     const fe = VirtioFsFrontend.open({ socketPath: d.socketPath, queueSize: 256, regions: [{ gpa: 0, size: 512 << 20 }], timeoutMs: 30000, viewReplies: true });
     const c = new FuseClient(fe);
     c.doInit();
     const big = c.lookup(F.ROOT_ID, 'big').nodeid;
     const w = c.lookup(F.ROOT_ID, 'w').nodeid;
-    nodes = {
+    const n: Nodes = {
       small: c.lookup(F.ROOT_ID, 'small').nodeid,
       big,
       bigFh: c.open(big),
@@ -322,29 +333,45 @@ async function bench(kind: BackendKind, shared: string, rows: Row[]): Promise<{ 
       many: c.lookup(F.ROOT_ID, 'many').nodeid,
     };
     await new Promise((r) => setTimeout(r, 300));
-    idle = rssKiB(d.pid);
-    for (const wl of workloads) {
-      if (ONLY !== undefined && !ONLY.includes(wl.name)) continue;
-      for (const depth of DEPTHS) {
-        let row = rows.find((r) => r.workload === wl.name && r.depth === depth);
-        if (row === undefined) rows.push((row = { workload: wl.name, depth, res: {} }));
-        run(c, d, wl, depth, Math.min(0.5, SECONDS / 4)); // warm-up: JIT, page cache, inode tables
-        row.res[kind] = run(c, d, wl, depth, SECONDS);
-        loaded = Math.max(loaded, rssKiB(d.pid));
-        const r = row.res[kind];
-        console.error(`  ${kind} ${wl.name} qd${depth}: ${(r.ops / r.seconds).toFixed(0)} ops/s, load generator CPU ${((100 * r.frontendUs) / 1e6 / r.seconds).toFixed(0)}%, missed interrupts ${c.fe.queues.map((q) => q.missedInterrupts).join('/')}`);
-      }
-    }
-    fe.close();
-    await waitExit(d, 10000);
+    const idle = rssKiB(d.pid);
+    return { kind, d, c, nodes: n, idle, loaded: idle, startMs };
   } catch (e) {
     console.error(`${kind} log (last lines):\n${d.log().split('\n').slice(-30).join('\n')}`);
-    throw e;
-  } finally {
     await d.stop();
-    fs.rmSync(path.dirname(d.socketPath), { recursive: true, force: true });
+    throw e;
   }
-  return { idle, loaded, startMs };
+}
+
+async function closeSession(s: Session): Promise<void> {
+  try {
+    s.c.fe.close();
+    await waitExit(s.d, 10000);
+  } finally {
+    await s.d.stop();
+    fs.rmSync(path.dirname(s.d.socketPath), { recursive: true, force: true });
+  }
+}
+
+/** One cell of one backend: a short warm-up (JIT, page cache, inode tables), then the measurement. */
+function cell(s: Session, wl: Workload, depth: number, round: number): Result {
+  nodes = s.nodes;
+  try {
+    run(s.c, s.d, wl, depth, Math.min(0.5, SECONDS / 4));
+    const r = run(s.c, s.d, wl, depth, SECONDS);
+    s.loaded = Math.max(s.loaded, rssKiB(s.d.pid));
+    console.error(`  round ${round} ${s.kind} ${wl.name} qd${depth}: ${(r.ops / r.seconds).toFixed(0)} ops/s, load generator CPU ${((100 * r.frontendUs) / 1e6 / r.seconds).toFixed(0)}%, missed interrupts ${s.c.fe.queues.map((q) => q.missedInterrupts).join('/')}`);
+    return r;
+  } catch (e) {
+    console.error(`${s.kind} log (last lines):\n${s.d.log().split('\n').slice(-30).join('\n')}`);
+    throw e;
+  }
+}
+
+function median(xs: number[]): number {
+  if (xs.length === 0) return NaN;
+  const a = [...xs].sort((x, y) => x - y);
+  const m = a.length >> 1;
+  return a.length % 2 === 1 ? a[m] : (a[m - 1] + a[m]) / 2;
 }
 
 function fmt(n: number, w: number): string {
@@ -353,29 +380,48 @@ function fmt(n: number, w: number): string {
 
 async function main(): Promise<void> {
   const shared = fs.mkdtempSync(path.join(os.tmpdir(), 'vfs-bench-'));
+  const sessions: Session[] = [];
   try {
     prepare(shared);
+    for (const kind of BACKENDS) sessions.push(await openSession(kind, shared));
+    // Both backends stay connected and take turns cell by cell, the order swapped every
+    // round, so a change in the machine's load (2 shared CPUs) falls on both alike; the
+    // table shows each backend's median over the rounds.
     const rows: Row[] = [];
-    const mem: Partial<Record<BackendKind, { idle: number; loaded: number; startMs: number }>> = {};
-    for (const kind of BACKENDS) mem[kind] = await bench(kind, shared, rows);
-    console.log(`\nvhost-user-fs bench: ${SECONDS}s per cell, ${os.cpus().length} CPUs, node ${process.version}; CPU = daemon utime+stime per op\n`);
-    console.log(`${'workload'.padEnd(16)}${'qd'.padStart(4)} | ${'vfs ops/s'.padStart(10)}${'vfsd ops/s'.padStart(11)}${'ratio'.padStart(7)} | ${'vfs µs/op'.padStart(10)}${'vfsd µs/op'.padStart(11)}${'ratio'.padStart(7)}`);
-    console.log('-'.repeat(80));
-    for (const r of rows) {
-      const a = r.res.vfs;
-      const b = r.res.virtiofsd;
-      const ra = a !== undefined ? a.ops / a.seconds : NaN;
-      const rb = b !== undefined ? b.ops / b.seconds : NaN;
-      const ca = a !== undefined && a.ops > 0 ? a.cpuUs / a.ops : NaN;
-      const cb = b !== undefined && b.ops > 0 ? b.cpuUs / b.ops : NaN;
-      console.log(`${r.workload.padEnd(16)}${String(r.depth).padStart(4)} | ${fmt(ra, 10)}${fmt(rb, 11)}${fmt(ra / rb, 7)} | ${fmt(ca, 10)}${fmt(cb, 11)}${fmt(ca / cb, 7)}`);
+    for (const wl of workloads) {
+      if (ONLY !== undefined && !ONLY.includes(wl.name)) continue;
+      for (const depth of DEPTHS) {
+        const row: Row = { workload: wl.name, depth, res: {} };
+        rows.push(row);
+        for (let round = 1; round <= ROUNDS; round++) {
+          const order = round % 2 === 1 ? sessions : [...sessions].reverse();
+          for (const s of order) (row.res[s.kind] ??= []).push(cell(s, wl, depth, round));
+        }
+      }
     }
-    console.log('-'.repeat(80));
-    const m = (k: BackendKind, f: 'idle' | 'loaded'): string => `${((mem[k]?.[f] ?? 0) / 1024).toFixed(1)} MB`;
+    console.log(`\nvhost-user-fs bench: ${SECONDS}s per cell, median of ${ROUNDS} alternating rounds, ${os.cpus().length} CPUs, node ${process.version}; CPU = daemon utime+stime per op\n`);
+    console.log(`${'workload'.padEnd(16)}${'qd'.padStart(4)} | ${'vfs ops/s'.padStart(10)}${'vfsd ops/s'.padStart(11)}${'ratio'.padStart(7)} | ${'vfs µs/op'.padStart(10)}${'vfsd µs/op'.padStart(11)}${'ratio'.padStart(7)} | ratio range`);
+    console.log('-'.repeat(96));
+    for (const r of rows) {
+      const rate = (k: BackendKind): number[] => (r.res[k] ?? []).map((x) => x.ops / x.seconds);
+      const cpu = (k: BackendKind): number[] => (r.res[k] ?? []).filter((x) => x.ops > 0).map((x) => x.cpuUs / x.ops);
+      const ra = median(rate('vfs'));
+      const rb = median(rate('virtiofsd'));
+      const ca = median(cpu('vfs'));
+      const cb = median(cpu('virtiofsd'));
+      // Per-round ratios (same round, back to back): their spread says how far to trust the median.
+      const perRound = rate('vfs').map((a, i) => a / (rate('virtiofsd')[i] ?? NaN)).filter((x) => Number.isFinite(x));
+      const range = perRound.length > 0 ? `${Math.min(...perRound).toFixed(2)}-${Math.max(...perRound).toFixed(2)}` : '';
+      console.log(`${r.workload.padEnd(16)}${String(r.depth).padStart(4)} | ${fmt(ra, 10)}${fmt(rb, 11)}${fmt(ra / rb, 7)} | ${fmt(ca, 10)}${fmt(cb, 11)}${fmt(ca / cb, 7)} | ${range}`);
+    }
+    console.log('-'.repeat(96));
+    const by = (k: BackendKind): Session | undefined => sessions.find((s) => s.kind === k);
+    const m = (k: BackendKind, f: 'idle' | 'loaded'): string => `${((by(k)?.[f] ?? 0) / 1024).toFixed(1)} MB`;
     console.log(`RSS idle (connected, after INIT): vfs ${m('vfs', 'idle')}, virtiofsd ${m('virtiofsd', 'idle')}`);
     console.log(`RSS loaded (max after each cell): vfs ${m('vfs', 'loaded')}, virtiofsd ${m('virtiofsd', 'loaded')}`);
-    console.log(`start to listening: vfs ${mem.vfs?.startMs ?? 0} ms, virtiofsd ${mem.virtiofsd?.startMs ?? 0} ms`);
+    console.log(`start to listening: vfs ${by('vfs')?.startMs ?? 0} ms, virtiofsd ${by('virtiofsd')?.startMs ?? 0} ms`);
   } finally {
+    for (const s of sessions) await closeSession(s);
     fs.rmSync(shared, { recursive: true, force: true });
   }
 }
