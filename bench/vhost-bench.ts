@@ -227,6 +227,9 @@ interface Result {
   cpuUs: number;
   /** The load generator's own CPU over the cell (when it nears the wall time, it is the limit). */
   frontendUs: number;
+  /** Request-queue kicks the frontend sent and interrupts (call signals) it received. */
+  kicks: number;
+  interrupts: number;
 }
 
 /** Run `w` at `depth` for `seconds` and until at least `minOps` ops have finished. */
@@ -235,6 +238,9 @@ function run(c: FuseClient, d: Daemon, w: Workload, depth: number, seconds: numb
   let ops = 0;
   runId++;
   const streams = w.streams(c, depth, () => ops++);
+  const rq0 = fe.queues[REQUEST];
+  const kicks0 = rq0.kicks;
+  const irq0 = rq0.interrupts;
   const cpu0 = cpuTicks(d.pid);
   const self0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
@@ -267,7 +273,8 @@ function run(c: FuseClient, d: Daemon, w: Workload, depth: number, seconds: numb
   const t1 = process.hrtime.bigint();
   // Ops finished while draining count, and so does the drain time.
   const self = process.cpuUsage(self0);
-  return { ops, seconds: Number(t1 - t0) / 1e9, cpuUs: (cpu1 - cpu0) * TICK_US, frontendUs: self.user + self.system };
+  return { ops, seconds: Number(t1 - t0) / 1e9, cpuUs: (cpu1 - cpu0) * TICK_US, frontendUs: self.user + self.system,
+    kicks: rq0.kicks - kicks0, interrupts: rq0.interrupts - irq0 };
 }
 
 function prepare(dir: string): void {
@@ -359,7 +366,7 @@ function cell(s: Session, wl: Workload, depth: number, round: number): Result {
     run(s.c, s.d, wl, depth, Math.min(0.5, SECONDS / 4));
     const r = run(s.c, s.d, wl, depth, SECONDS);
     s.loaded = Math.max(s.loaded, rssKiB(s.d.pid));
-    console.error(`  round ${round} ${s.kind} ${wl.name} qd${depth}: ${(r.ops / r.seconds).toFixed(0)} ops/s, load generator CPU ${((100 * r.frontendUs) / 1e6 / r.seconds).toFixed(0)}%, missed interrupts ${s.c.fe.queues.map((q) => q.missedInterrupts).join('/')}`);
+    console.error(`  round ${round} ${s.kind} ${wl.name} qd${depth}: ${(r.ops / r.seconds).toFixed(0)} ops/s, load generator CPU ${((100 * r.frontendUs) / 1e6 / r.seconds).toFixed(0)}%, kicks/op ${(r.kicks / r.ops).toFixed(2)}, interrupts/op ${(r.interrupts / r.ops).toFixed(2)}, missed interrupts ${s.c.fe.queues.map((q) => q.missedInterrupts).join('/')}`);
     return r;
   } catch (e) {
     console.error(`${s.kind} log (last lines):\n${s.d.log().split('\n').slice(-30).join('\n')}`);
