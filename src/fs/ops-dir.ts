@@ -82,7 +82,10 @@ function list(s: FsState, plus: boolean): number {
         out.fill(0, base, base + ENTRY_OUT_SIZE);
         if (!isDotOrDotDot(dents, nameStart, namelen)) {
           const dir = h.inode;
-          const ino = s.lookupName(dir, dents.subarray(nameStart, nameEnd + 1));
+          // Resolve in the handle's own fd, not dir.fd: a guest may FORGET the directory's
+          // node id while it keeps this handle, which closes dir.fd, and that fd number
+          // then belongs to whatever is opened next (another directory, say).
+          const ino = s.lookupName(dir, dents.subarray(nameStart, nameEnd + 1), h.fd);
           // A name that vanished since getdents still gets its dirent, with node id 0,
           // which the client takes as "no attributes for this one".
           if (typeof ino !== 'number') s.writeEntry(out, base, ino, dir);

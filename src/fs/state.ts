@@ -131,16 +131,18 @@ export class FsState {
   /**
    * Look up one name (NUL-terminated in `name`) under `parent`: adds a lookup to the
    * inode (new or known) and leaves its statx in `this.stx`. Returns the inode or -errno.
+   * `dirFd` is the directory to resolve in when the caller holds a better fd for `parent`
+   * than its O_PATH one (READDIRPLUS: the handle's own fd, see ops-dir.ts).
    */
-  lookupName(parent: Inode, name: Buffer): Inode | number {
-    const r = statx(parent.fd, name, AT_SYMLINK_NOFOLLOW, STATX_MASK, this.stx);
+  lookupName(parent: Inode, name: Buffer, dirFd = parent.fd): Inode | number {
+    const r = statx(dirFd, name, AT_SYMLINK_NOFOLLOW, STATX_MASK, this.stx);
     if (r < 0) return r;
     const ino = this.inodes.find(this.stx);
     if (ino !== undefined) {
       ino.refs++;
       return ino;
     }
-    const fd = openat(parent.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    const fd = openat(dirFd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return fd;
     return this.adopt(fd);
   }
