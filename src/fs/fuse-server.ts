@@ -16,6 +16,7 @@ import * as entry from './ops-entry.js';
 import * as file from './ops-file.js';
 import * as dir from './ops-dir.js';
 import * as attr from './ops-attr.js';
+import { setU16, setU32 } from '../le-bytes.js';
 
 export interface FuseServerConfig {
   rootFd: number;
@@ -178,13 +179,13 @@ class FuseServer implements FuseSession {
     const maxWrite = Math.max(4096, this.cfg.maxWrite);
     const out = s.reply.out;
     InitOut.encode(out, 16, {});
-    out.writeUInt32LE(FUSE_KERNEL_VERSION, 16 + O.major);
-    out.writeUInt32LE(Math.min(minor, FUSE_KERNEL_MINOR_VERSION), 16 + O.minor);
-    out.writeUInt32LE(req.u32(InitIn.off.maxReadahead), 16 + O.maxReadahead);
-    out.writeUInt32LE(flags, 16 + O.flags);
-    out.writeUInt32LE(maxWrite, 16 + O.maxWrite);
-    out.writeUInt32LE(1, 16 + O.timeGran);
-    if (flags & InitFlag.MAX_PAGES) out.writeUInt16LE(Math.min(65535, Math.ceil(maxWrite / 4096)), 16 + O.maxPages);
+    setU32(out, 16 + O.major, FUSE_KERNEL_VERSION);
+    setU32(out, 16 + O.minor, Math.min(minor, FUSE_KERNEL_MINOR_VERSION));
+    setU32(out, 16 + O.maxReadahead, req.u32(InitIn.off.maxReadahead));
+    setU32(out, 16 + O.flags, flags);
+    setU32(out, 16 + O.maxWrite, maxWrite);
+    setU32(out, 16 + O.timeGran, 1);
+    if (flags & InitFlag.MAX_PAGES) setU16(out, 16 + O.maxPages, Math.min(65535, Math.ceil(maxWrite / 4096)));
     this.initialized = true;
     this.destroyed = false;
     s.log.debug(`INIT: client ${major}.${minor} flags 0x${clientFlags.toString(16)}, agreed 0x${flags.toString(16)}, ` +

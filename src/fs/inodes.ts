@@ -5,6 +5,7 @@
 // files and directories are handles: a real fd reopened through /proc/self/fd.
 import { STX, S_IFMT, close } from '../sys/file-calls.js';
 import { FUSE_ROOT_ID } from './fuse-abi.js';
+import { u16, u32 } from '../le-bytes.js';
 
 export interface Inode {
   readonly nodeid: number;
@@ -56,11 +57,11 @@ export class InodeTable {
 
   /** The known inode that `stx` (a fresh statx) describes, if any. */
   find(stx: Buffer): Inode | undefined {
-    const inoLo = stx.readUInt32LE(STX.ino);
-    const inoHi = stx.readUInt32LE(STX.ino + 4);
-    const devMajor = stx.readUInt32LE(STX.devMajor);
-    const devMinor = stx.readUInt32LE(STX.devMinor);
-    const mntId = stx.readUInt32LE(STX.mntId) + stx.readUInt32LE(STX.mntId + 4) * 0x100000000;
+    const inoLo = u32(stx, STX.ino);
+    const inoHi = u32(stx, STX.ino + 4);
+    const devMajor = u32(stx, STX.devMajor);
+    const devMinor = u32(stx, STX.devMinor);
+    const mntId = u32(stx, STX.mntId) + u32(stx, STX.mntId + 4) * 0x100000000;
     let n = this.byKey.get(hashOf(inoLo, inoHi, devMinor)) ?? null;
     while (n !== null) {
       if (n.inoLo === inoLo && n.inoHi === inoHi && n.devMajor === devMajor && n.devMinor === devMinor && n.mntId === mntId) {
@@ -115,12 +116,12 @@ export class InodeTable {
       nodeid,
       fd,
       procName: Buffer.from(`${fd}\0`),
-      type: stx.readUInt16LE(STX.mode) & S_IFMT,
-      mntId: stx.readUInt32LE(STX.mntId) + stx.readUInt32LE(STX.mntId + 4) * 0x100000000,
-      devMajor: stx.readUInt32LE(STX.devMajor),
-      devMinor: stx.readUInt32LE(STX.devMinor),
-      inoLo: stx.readUInt32LE(STX.ino),
-      inoHi: stx.readUInt32LE(STX.ino + 4),
+      type: u16(stx, STX.mode) & S_IFMT,
+      mntId: u32(stx, STX.mntId) + u32(stx, STX.mntId + 4) * 0x100000000,
+      devMajor: u32(stx, STX.devMajor),
+      devMinor: u32(stx, STX.devMinor),
+      inoLo: u32(stx, STX.ino),
+      inoHi: u32(stx, STX.ino + 4),
       refs: 1,
       next: null,
     };

@@ -11,6 +11,7 @@ import { FATTR, GetxattrIn, GetxattrOut, Kstatfs, SetattrIn, SetxattrIn, AccessI
 import type { Inode } from './inodes.js';
 import { newNameRef } from './names.js';
 import { E, type FsState } from './state.js';
+import { u16, u32 } from '../le-bytes.js';
 
 const times = Buffer.alloc(32);
 const statfsBuf = Buffer.alloc(STATFS_SIZE);
@@ -97,14 +98,14 @@ export function access(s: FsState): number {
   const r = s.statInode(ino);
   if (r < 0) return r;
   if (mask === 0) return 0;
-  const mode = s.stx.readUInt16LE(STX.mode);
+  const mode = u16(s.stx, STX.mode);
   if (req.uid === 0) {
     if ((mask & 1) === 0 || (mode & 0o170000) === S_IFDIR || (mode & 0o111) !== 0) return 0;
     return -E.EACCES;
   }
   let bits: number;
-  if (req.uid === s.stx.readUInt32LE(STX.uid)) bits = (mode >> 6) & 7;
-  else if (req.gid === s.stx.readUInt32LE(STX.gid)) bits = (mode >> 3) & 7;
+  if (req.uid === u32(s.stx, STX.uid)) bits = (mode >> 6) & 7;
+  else if (req.gid === u32(s.stx, STX.gid)) bits = (mode >> 3) & 7;
   else bits = mode & 7;
   return (bits & mask) === mask ? 0 : -E.EACCES;
 }

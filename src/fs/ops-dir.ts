@@ -8,6 +8,7 @@ import {
 } from '../sys/file-calls.js';
 import { DIRENTPLUS_HEAD_SIZE, Dirent, ENTRY_OUT_SIZE, FOPEN, FsyncIn, FUSE_FSYNC_FDATASYNC, OpenOut, ReadIn, ReleaseIn, direntAlign } from './fuse-abi.js';
 import { E, type FsState } from './state.js';
+import { u16, setU32 } from '../le-bytes.js';
 
 // linux_dirent64: u64 d_ino, s64 d_off, u16 d_reclen, u8 d_type, char d_name[].
 const D_INO = 0;
@@ -26,10 +27,10 @@ export function opendir(s: FsState): number {
   if (fd < 0) return fd;
   const h = s.handles.add(fd, ino);
   const out = s.reply.out;
-  out.writeUInt32LE(h.fh >>> 0, 16 + OpenOut.off.fh);
-  out.writeUInt32LE(Math.floor(h.fh / 0x100000000), 16 + OpenOut.off.fh + 4);
-  out.writeUInt32LE(s.opts.cache === 'always' ? FOPEN.KEEP_CACHE | FOPEN.CACHE_DIR : 0, 16 + OpenOut.off.openFlags);
-  out.writeUInt32LE(0, 16 + OpenOut.off.padding);
+  setU32(out, 16 + OpenOut.off.fh, h.fh >>> 0);
+  setU32(out, 16 + OpenOut.off.fh + 4, Math.floor(h.fh / 0x100000000));
+  setU32(out, 16 + OpenOut.off.openFlags, s.opts.cache === 'always' ? FOPEN.KEEP_CACHE | FOPEN.CACHE_DIR : 0);
+  setU32(out, 16 + OpenOut.off.padding, 0);
   return OpenOut.size;
 }
 
@@ -68,7 +69,7 @@ function list(s: FsState, plus: boolean): number {
     if (n === 0) return used;
     let p = 0;
     while (p < n) {
-      const reclen = dents.readUInt16LE(p + D_RECLEN);
+      const reclen = u16(dents, p + D_RECLEN);
       if (reclen === 0) return used;
       const nameStart = p + D_NAME;
       let nameEnd = dents.indexOf(0, nameStart);
@@ -93,8 +94,8 @@ function list(s: FsState, plus: boolean): number {
       }
       dents.copy(out, dp + Dirent.off.ino, p + D_INO, p + D_INO + 8);
       dents.copy(out, dp + Dirent.off.off, p + D_OFF, p + D_OFF + 8);
-      out.writeUInt32LE(namelen, dp + Dirent.off.namelen);
-      out.writeUInt32LE(dents[p + D_TYPE] as number, dp + Dirent.off.type);
+      setU32(out, dp + Dirent.off.namelen, namelen);
+      setU32(out, dp + Dirent.off.type, dents[p + D_TYPE] as number);
       dents.copy(out, dp + Dirent.size, nameStart, nameEnd);
       out.fill(0, dp + Dirent.size + namelen, base + rec);
       used += rec;

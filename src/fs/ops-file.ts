@@ -15,6 +15,7 @@ import {
 } from './fuse-abi.js';
 import { newNameRef, parseEntryName } from './names.js';
 import { E, type FsState } from './state.js';
+import { setU32 } from '../le-bytes.js';
 
 const nameA = newNameRef();
 const offIn = Buffer.alloc(8);
@@ -53,10 +54,10 @@ function writesAccess(flags: number): boolean {
 
 function openOut(s: FsState, pos: number, fh: number, openFlags: number): void {
   const out = s.reply.out;
-  out.writeUInt32LE(fh >>> 0, pos + OpenOut.off.fh);
-  out.writeUInt32LE(Math.floor(fh / 0x100000000), pos + OpenOut.off.fh + 4);
-  out.writeUInt32LE(openFlags, pos + OpenOut.off.openFlags);
-  out.writeUInt32LE(0, pos + OpenOut.off.padding);
+  setU32(out, pos + OpenOut.off.fh, fh >>> 0);
+  setU32(out, pos + OpenOut.off.fh + 4, Math.floor(fh / 0x100000000));
+  setU32(out, pos + OpenOut.off.openFlags, openFlags);
+  setU32(out, pos + OpenOut.off.padding, 0);
 }
 
 export function open(s: FsState): number {
@@ -162,8 +163,8 @@ export function write(s: FsState): number {
     n = writev(h.fd, req.payload, pos);
   }
   if (n < 0) return n;
-  s.reply.out.writeUInt32LE(n, 16 + WriteOut.off.size);
-  s.reply.out.writeUInt32LE(0, 16 + WriteOut.off.padding);
+  setU32(s.reply.out, 16 + WriteOut.off.size, n);
+  setU32(s.reply.out, 16 + WriteOut.off.padding, 0);
   return WriteOut.size;
 }
 
@@ -213,8 +214,8 @@ export function lseek(s: FsState): number {
   if (!s.reply.reserve(LseekOut.size)) return -E.EIO;
   const r = lseekCall(h.fd, req.u64(LseekIn.off.offset), req.u32(LseekIn.off.whence));
   if (r < 0) return r;
-  s.reply.out.writeUInt32LE(r >>> 0, 16);
-  s.reply.out.writeUInt32LE(Math.floor(r / 0x100000000), 20);
+  setU32(s.reply.out, 16, r >>> 0);
+  setU32(s.reply.out, 20, Math.floor(r / 0x100000000));
   return LseekOut.size;
 }
 
@@ -232,8 +233,8 @@ export function copyFileRangeOp(s: FsState): number {
   const flags = Number(req.bigU64(CopyFileRangeIn.off.flags) & 0xffffffffn);
   const n = copyFileRange(hin.fd, offIn, hout.fd, offOut, len, flags);
   if (n < 0) return n;
-  s.reply.out.writeUInt32LE(n, 16 + WriteOut.off.size);
-  s.reply.out.writeUInt32LE(0, 16 + WriteOut.off.padding);
+  setU32(s.reply.out, 16 + WriteOut.off.size, n);
+  setU32(s.reply.out, 16 + WriteOut.off.padding, 0);
   return WriteOut.size;
 }
 

@@ -8,6 +8,7 @@
 // straight into the writable segments after the out header.
 import { constants as osConstants } from 'node:os';
 import { InHeader, OutHeader, Op, WriteIn, fixedArgSize } from './fuse-abi.js';
+import { u16, u32, setU32 } from '../le-bytes.js';
 
 export const IN_HEADER_SIZE = InHeader.size; // 40
 export const OUT_HEADER_SIZE = OutHeader.size; // 16
@@ -21,7 +22,7 @@ const EIO = osConstants.errno.EIO;
 export type DecodeProblem = string | null;
 
 function u64(buf: Buffer, pos: number): number {
-  return buf.readUInt32LE(pos) + buf.readUInt32LE(pos + 4) * 0x100000000;
+  return u32(buf, pos) + u32(buf, pos + 4) * 0x100000000;
 }
 
 export class Request {
@@ -69,9 +70,9 @@ export class Request {
     if (total < IN_HEADER_SIZE) {
       if (total >= 16) {
         this.gather(readable, 16);
-        this.uniqueLo = this.buf.readUInt32LE(H.unique);
-        this.uniqueHi = this.buf.readUInt32LE(H.unique + 4);
-        this.opcode = this.buf.readUInt32LE(H.opcode);
+        this.uniqueLo = u32(this.buf, H.unique);
+        this.uniqueHi = u32(this.buf, H.unique + 4);
+        this.opcode = u32(this.buf, H.opcode);
       }
       return `request of ${total} bytes is shorter than fuse_in_header`;
     }
@@ -84,15 +85,15 @@ export class Request {
     }
     const b = this.buf;
     const p = this.base;
-    this.len = b.readUInt32LE(p + H.len);
-    this.opcode = b.readUInt32LE(p + H.opcode);
-    this.uniqueLo = b.readUInt32LE(p + H.unique);
-    this.uniqueHi = b.readUInt32LE(p + H.unique + 4);
+    this.len = u32(b, p + H.len);
+    this.opcode = u32(b, p + H.opcode);
+    this.uniqueLo = u32(b, p + H.unique);
+    this.uniqueHi = u32(b, p + H.unique + 4);
     this.nodeid = u64(b, p + H.nodeid);
-    this.uid = b.readUInt32LE(p + H.uid);
-    this.gid = b.readUInt32LE(p + H.gid);
-    this.pid = b.readUInt32LE(p + H.pid);
-    const extLen = b.readUInt16LE(p + H.totalExtlen) * 8;
+    this.uid = u32(b, p + H.uid);
+    this.gid = u32(b, p + H.gid);
+    this.pid = u32(b, p + H.pid);
+    const extLen = u16(b, p + H.totalExtlen) * 8;
     if (this.len !== total) return `len field ${this.len} but ${total} bytes arrived`;
     if (this.len > this.maxLen) return `request of ${this.len} bytes exceeds the limit of ${this.maxLen}`;
     const argsEnd = this.len - extLen;
@@ -112,7 +113,7 @@ export class Request {
       return `arguments of ${small - IN_HEADER_SIZE} bytes are shorter than the ${fixed}-byte struct`;
     }
     if (this.opcode === Op.WRITE) {
-      const size = this.buf.readUInt32LE(this.args + WriteIn.off.size);
+      const size = u32(this.buf, this.args + WriteIn.off.size);
       if (argsEnd - small !== size) return `WRITE size ${size} but ${argsEnd - small} payload bytes`;
       this.collectPayload(readable, small, argsEnd);
     }
@@ -149,7 +150,7 @@ export class Request {
   }
 
   u32(rel: number): number {
-    return this.buf.readUInt32LE(this.args + rel);
+    return u32(this.buf, this.args + rel);
   }
 
   /** An unsigned 64-bit argument as a number (exact below 2^53). */
@@ -159,7 +160,7 @@ export class Request {
 
   /** True when the 64-bit argument is beyond Number's exact range. */
   u64Big(rel: number): boolean {
-    return this.buf.readUInt32LE(this.args + rel + 4) >= 0x200000;
+    return u32(this.buf, this.args + rel + 4) >= 0x200000;
   }
 
   bigU64(rel: number): bigint {
@@ -250,10 +251,10 @@ export class Reply {
       len = OUT_HEADER_SIZE;
     }
     const o = this.out;
-    o.writeUInt32LE(len, 0);
-    o.writeInt32LE(error, 4);
-    o.writeUInt32LE(req.uniqueLo, 8);
-    o.writeUInt32LE(req.uniqueHi, 12);
+    setU32(o, 0, len);
+    setU32(o, 4, error);
+    setU32(o, 8, req.uniqueLo);
+    setU32(o, 12, req.uniqueHi);
     if (o !== this.writable[0] || this.writable.length !== 1) {
       this.scatter(o, this.dataInPlace ? OUT_HEADER_SIZE : len);
     }

@@ -14,6 +14,7 @@ import { Attr, AttrOutHead, ENTRY_OUT_SIZE, EntryOutHead, FUSE_ATTR_SUBMOUNT } f
 import { HandleTable, InodeTable, type Inode } from './inodes.js';
 import { Reply, Request } from './request.js';
 import { logger, type Logger } from '../log.js';
+import { u16, u32, setU32 } from '../le-bytes.js';
 
 export const E = osConstants.errno;
 export const STATX_MASK = STATX_BASIC_STATS | STATX_MNT_ID;
@@ -36,13 +37,13 @@ export function timeoutsFor(cache: FsOptions['cache']): Timeouts {
 }
 
 function copy64(src: Buffer, from: number, dst: Buffer, to: number): void {
-  dst.writeUInt32LE(src.readUInt32LE(from), to);
-  dst.writeUInt32LE(src.readUInt32LE(from + 4), to + 4);
+  setU32(dst, to, u32(src, from));
+  setU32(dst, to + 4, u32(src, from + 4));
 }
 
 function writeU64(dst: Buffer, to: number, v: number): void {
-  dst.writeUInt32LE(v >>> 0, to);
-  dst.writeUInt32LE(Math.floor(v / 0x100000000), to + 4);
+  setU32(dst, to, v >>> 0);
+  setU32(dst, to + 4, Math.floor(v / 0x100000000));
 }
 
 /** Encode fuse_attr at `pos` from a statx buffer. */
@@ -53,19 +54,19 @@ export function writeAttr(stx: Buffer, out: Buffer, pos: number, flags: number):
   copy64(stx, STX.atime, out, pos + A.atime);
   copy64(stx, STX.mtime, out, pos + A.mtime);
   copy64(stx, STX.ctime, out, pos + A.ctime);
-  out.writeUInt32LE(stx.readUInt32LE(STX.atime + 8), pos + A.atimensec);
-  out.writeUInt32LE(stx.readUInt32LE(STX.mtime + 8), pos + A.mtimensec);
-  out.writeUInt32LE(stx.readUInt32LE(STX.ctime + 8), pos + A.ctimensec);
-  out.writeUInt32LE(stx.readUInt16LE(STX.mode), pos + A.mode);
-  out.writeUInt32LE(stx.readUInt32LE(STX.nlink), pos + A.nlink);
-  out.writeUInt32LE(stx.readUInt32LE(STX.uid), pos + A.uid);
-  out.writeUInt32LE(stx.readUInt32LE(STX.gid), pos + A.gid);
-  const major = stx.readUInt32LE(STX.rdevMajor);
-  const minor = stx.readUInt32LE(STX.rdevMinor);
+  setU32(out, pos + A.atimensec, u32(stx, STX.atime + 8));
+  setU32(out, pos + A.mtimensec, u32(stx, STX.mtime + 8));
+  setU32(out, pos + A.ctimensec, u32(stx, STX.ctime + 8));
+  setU32(out, pos + A.mode, u16(stx, STX.mode));
+  setU32(out, pos + A.nlink, u32(stx, STX.nlink));
+  setU32(out, pos + A.uid, u32(stx, STX.uid));
+  setU32(out, pos + A.gid, u32(stx, STX.gid));
+  const major = u32(stx, STX.rdevMajor);
+  const minor = u32(stx, STX.rdevMinor);
   // The kernel's new_encode_dev, which the client decodes with new_decode_dev.
-  out.writeUInt32LE(((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0, pos + A.rdev);
-  out.writeUInt32LE(stx.readUInt32LE(STX.blksize), pos + A.blksize);
-  out.writeUInt32LE(flags, pos + A.flags);
+  setU32(out, pos + A.rdev, ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0);
+  setU32(out, pos + A.blksize, u32(stx, STX.blksize));
+  setU32(out, pos + A.flags, flags);
 }
 
 export class FsState {
@@ -86,7 +87,7 @@ export class FsState {
     this.req = new Request(maxRequest);
     const r = statx(rootFd, EMPTY_NAME, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MASK, this.stx);
     if (r < 0) throw new SysError('statx', -r, 'shared directory (rootFd)');
-    if ((this.stx.readUInt16LE(STX.mode) & 0o170000) !== S_IFDIR) throw new SysError('statx', E.ENOTDIR, 'shared directory (rootFd)');
+    if ((u16(this.stx, STX.mode) & 0o170000) !== S_IFDIR) throw new SysError('statx', E.ENOTDIR, 'shared directory (rootFd)');
     this.inodes = new InodeTable(rootFd, this.stx);
     this.timeouts = timeoutsFor(opts.cache);
   }
@@ -102,8 +103,8 @@ export class FsState {
     if (!this.reply.reserve(AttrOutHead.size + Attr.size)) return -E.EIO;
     const p = 16;
     writeU64(out, p + AttrOutHead.off.attrValid, this.timeouts.attr);
-    out.writeUInt32LE(0, p + AttrOutHead.off.attrValidNsec);
-    out.writeUInt32LE(0, p + AttrOutHead.off.dummy);
+    setU32(out, p + AttrOutHead.off.attrValidNsec, 0);
+    setU32(out, p + AttrOutHead.off.dummy, 0);
     writeAttr(this.stx, out, p + AttrOutHead.size, 0);
     return AttrOutHead.size + Attr.size;
   }
@@ -115,8 +116,8 @@ export class FsState {
     writeU64(out, pos + O.generation, 0);
     writeU64(out, pos + O.entryValid, this.timeouts.entry);
     writeU64(out, pos + O.attrValid, this.timeouts.attr);
-    out.writeUInt32LE(0, pos + O.entryValidNsec);
-    out.writeUInt32LE(0, pos + O.attrValidNsec);
+    setU32(out, pos + O.entryValidNsec, 0);
+    setU32(out, pos + O.attrValidNsec, 0);
     const sub = this.submounts && ino.type === S_IFDIR && ino.mntId !== parent.mntId ? FUSE_ATTR_SUBMOUNT : 0;
     writeAttr(this.stx, out, pos + EntryOutHead.size, sub);
   }

@@ -8,6 +8,7 @@ import { Epoll, EPOLLIN, eventfdRead } from '../sys/event-calls.js';
 import { readInto, writeFrom, setNonBlocking } from '../sys/fuse-dev-calls.js';
 import type { FuseSession } from '../fs/session.js';
 import { logger } from '../log.js';
+import { u32 } from '../le-bytes.js';
 
 const log = logger('fuse-dev');
 const { EAGAIN, EINTR, EIO, ENOENT, ENODEV } = osConstants.errno;
@@ -95,7 +96,7 @@ class DeviceLoop {
       return 'served';
     }
     if (len > 0) {
-      const declared = this.reply.readUInt32LE(OUT_HEADER_LEN_OFF);
+      const declared = u32(this.reply, OUT_HEADER_LEN_OFF);
       if (declared !== len) {
         log.warn(`reply length ${len} differs from its header (${declared}) for opcode ${this.req.readUInt32LE(IN_HEADER_OPCODE_OFF)}`);
       }

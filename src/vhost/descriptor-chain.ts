@@ -5,6 +5,7 @@
 // table size (a loop cannot spin), and a chain that breaks a rule is reported as an error
 // string instead of partial views, so nothing outside guest memory is ever touched.
 import type { GuestMemory } from './guest-memory.js';
+import { u16, u32 } from '../le-bytes.js';
 
 // struct virtq_desc: le64 addr, le32 len, le16 flags, le16 next.
 export const DESC_SIZE = 16;
@@ -98,11 +99,11 @@ export function walkChain(mem: GuestMemory, table: Buffer, tableSize: number, he
       return chain.fail(`chain longer than ${indirect ? 'its indirect table' : 'the queue'} (${size} descriptors): a loop?`);
     }
     const o = index * DESC_SIZE;
-    const lo = desc.readUInt32LE(o + DESC_ADDR_LO);
-    const hi = desc.readUInt32LE(o + DESC_ADDR_HI);
-    const len = desc.readUInt32LE(o + DESC_LEN);
-    const flags = desc.readUInt16LE(o + DESC_FLAGS);
-    const next = desc.readUInt16LE(o + DESC_NEXT);
+    const lo = u32(desc, o + DESC_ADDR_LO);
+    const hi = u32(desc, o + DESC_ADDR_HI);
+    const len = u32(desc, o + DESC_LEN);
+    const flags = u16(desc, o + DESC_FLAGS);
+    const next = u16(desc, o + DESC_NEXT);
     chain.descriptors++;
     if (hi >= ADDR_HI_LIMIT) {
       return chain.fail(`descriptor ${index}: address 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')} beyond guest memory`);
