@@ -4,9 +4,9 @@
 // preadv/pwritev (node's readvSync/writevSync with a position), without a copy.
 import fs from 'node:fs';
 import {
-  O_ACCMODE, O_APPEND, O_CLOEXEC, O_CREAT, O_DIRECT, O_EXCL, O_NOCTTY, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR,
-  O_TMPFILE, O_TRUNC, O_WRONLY, S_IFDIR, S_IFREG, close, copyFileRange, dup, fallocate as fallocateCall, fsync as fsyncCall,
-  lseek as lseekCall, openat,
+  AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_ACCMODE, O_APPEND, O_CLOEXEC, O_CREAT, O_DIRECT, O_EXCL, O_NOCTTY, O_NOFOLLOW,
+  O_PATH, O_RDONLY, O_RDWR, O_TMPFILE, O_TRUNC, O_WRONLY, STX, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, close, copyFileRange, dup, fallocate as fallocateCall, fsync as fsyncCall,
+  lseek as lseekCall, openat, statx,
 } from '../sys/file-calls.js';
 import { errnoOf } from '../sys/libc.js';
 import {
@@ -14,8 +14,8 @@ import {
   FlushIn, FsyncIn, LseekIn, LseekOut, OpenIn, OpenOut, ReadIn, ReleaseIn, WriteIn, WriteOut,
 } from './fuse-abi.js';
 import { newNameRef, parseEntryName } from './names.js';
-import { E, type FsState } from './state.js';
-import { setU32 } from '../le-bytes.js';
+import { E, EMPTY_NAME, STATX_MASK, type FsState } from './state.js';
+import { setU32, u16 } from '../le-bytes.js';
 
 const nameA = newNameRef();
 const offIn = Buffer.alloc(8);
@@ -99,11 +99,25 @@ function createCommon(s: FsState, tmp: boolean): number {
   if (!s.reply.reserve(ENTRY_OUT_SIZE + OpenOut.size)) return -E.EIO;
   let hf = hostOpenFlags(s, flags);
   if ((hf & O_ACCMODE) === O_RDONLY && tmp) hf |= O_RDWR;
-  const hostFlags = tmp ? (hf & ~(O_TRUNC | O_APPEND)) | O_TMPFILE : hf | (flags & O_EXCL) | O_CREAT | O_NOFOLLOW;
-  const fd = s.asCaller(() => openat(parent.fd, name, hostFlags, mode));
+  // A new file is made with O_EXCL: O_CREAT alone would open whatever already has the
+  // name, a fifo (blocking this thread for good without a peer) or a device node the
+  // guest made with MKNOD, which OPEN refuses. An existing name is opened only as
+  // openExisting() allows.
+  const hostFlags = tmp ? (hf & ~(O_TRUNC | O_APPEND)) | O_TMPFILE : hf | O_EXCL | O_CREAT | O_NOFOLLOW;
+  let fd = s.asCaller(() => openat(parent.fd, name, hostFlags, mode));
+  let pfd = -1;
+  if (fd === -E.EEXIST && !tmp && (flags & O_EXCL) === 0) {
+    pfd = s.asCaller(() => openat(parent.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    if (pfd < 0) return pfd;
+    fd = openExisting(s, pfd, hf);
+    if (fd < 0) {
+      close(pfd);
+      return fd;
+    }
+  }
   if (fd < 0) return fd;
   // The O_PATH inode is the very file we opened (no second lookup by name to race with).
-  const pfd = openat(s.procSelfFd, Buffer.from(`${fd}\0`), O_PATH | O_CLOEXEC);
+  if (pfd < 0) pfd = openat(s.procSelfFd, Buffer.from(`${fd}\0`), O_PATH | O_CLOEXEC);
   if (pfd < 0) {
     close(fd);
     return pfd;
@@ -117,6 +131,19 @@ function createCommon(s: FsState, tmp: boolean): number {
   s.writeEntry(s.reply.out, 16, ino, parent);
   openOut(s, 16 + ENTRY_OUT_SIZE, h.fh, fopenFlags(s, flags));
   return ENTRY_OUT_SIZE + OpenOut.size;
+}
+
+/**
+ * CREATE without O_EXCL of a name that exists: open it (as the caller, with `hf`) only
+ * when it is a regular file; `pfd` is its O_PATH fd, so what is opened is what was checked.
+ * Errors as open(2) with O_CREAT|O_NOFOLLOW gives them, and ENXIO (as OPEN) for the rest.
+ */
+function openExisting(s: FsState, pfd: number, hf: number): number {
+  const r = statx(pfd, EMPTY_NAME, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MASK, s.stx);
+  if (r < 0) return r;
+  const type = u16(s.stx, STX.mode) & S_IFMT;
+  if (type !== S_IFREG) return type === S_IFDIR ? -E.EISDIR : type === S_IFLNK ? -E.ELOOP : -E.ENXIO;
+  return s.asCaller(() => openat(s.procSelfFd, Buffer.from(`${pfd}\0`), hf));
 }
 
 export function create(s: FsState): number {
