@@ -7,21 +7,31 @@ import { STX, S_IFMT, close } from '../sys/file-calls.js';
 import { FUSE_ROOT_ID } from './fuse-abi.js';
 import { u16, u32 } from '../le-bytes.js';
 
-export interface Inode {
-  readonly nodeid: number;
-  readonly fd: number;
-  /** "<fd>\0": the name of this inode under /proc/self/fd, for reopening. */
-  readonly procName: Buffer;
-  /** S_IFMT bits of the file type. */
-  readonly type: number;
-  readonly mntId: number;
-  readonly devMajor: number;
-  readonly devMinor: number;
-  readonly inoLo: number;
-  readonly inoHi: number;
-  refs: number;
+export class Inode {
   /** Next inode with the same hash. */
-  next: Inode | null;
+  next: Inode | null = null;
+  private proc: Buffer | undefined;
+
+  constructor(
+    readonly nodeid: number,
+    readonly fd: number,
+    /** S_IFMT bits of the file type. */
+    readonly type: number,
+    readonly mntId: number,
+    readonly devMajor: number,
+    readonly devMinor: number,
+    readonly inoLo: number,
+    readonly inoHi: number,
+    public refs: number,
+  ) {}
+
+  /**
+   * "<fd>\0": the name of this inode under /proc/self/fd, for reopening. Made on first use:
+   * most inodes (a READDIRPLUS listing, say) are never reopened.
+   */
+  get procName(): Buffer {
+    return (this.proc ??= Buffer.from(`${this.fd}\0`));
+  }
 }
 
 export interface Handle {
@@ -112,19 +122,10 @@ export class InodeTable {
   }
 
   private make(nodeid: number, fd: number, stx: Buffer): Inode {
-    return {
-      nodeid,
-      fd,
-      procName: Buffer.from(`${fd}\0`),
-      type: u16(stx, STX.mode) & S_IFMT,
-      mntId: u32(stx, STX.mntId) + u32(stx, STX.mntId + 4) * 0x100000000,
-      devMajor: u32(stx, STX.devMajor),
-      devMinor: u32(stx, STX.devMinor),
-      inoLo: u32(stx, STX.ino),
-      inoHi: u32(stx, STX.ino + 4),
-      refs: 1,
-      next: null,
-    };
+    return new Inode(
+      nodeid, fd, u16(stx, STX.mode) & S_IFMT, u32(stx, STX.mntId) + u32(stx, STX.mntId + 4) * 0x100000000,
+      u32(stx, STX.devMajor), u32(stx, STX.devMinor), u32(stx, STX.ino), u32(stx, STX.ino + 4), 1,
+    );
   }
 
   private index(ino: Inode): void {

@@ -8,7 +8,7 @@ import {
 } from '../sys/file-calls.js';
 import { DIRENTPLUS_HEAD_SIZE, Dirent, ENTRY_OUT_SIZE, FOPEN, FsyncIn, FUSE_FSYNC_FDATASYNC, OpenOut, ReadIn, ReleaseIn, direntAlign } from './fuse-abi.js';
 import { E, type FsState } from './state.js';
-import { u16, setU32 } from '../le-bytes.js';
+import { copyBytes, u16, setU32 } from '../le-bytes.js';
 
 // linux_dirent64: u64 d_ino, s64 d_off, u16 d_reclen, u8 d_type, char d_name[].
 const D_INO = 0;
@@ -18,6 +18,8 @@ const D_TYPE = 18;
 const D_NAME = 19;
 const DENTS_SIZE = 32768;
 const dents = Buffer.alloc(DENTS_SIZE);
+/** One entry's name with its NUL (NAME_MAX is 255). */
+const entryName = Buffer.alloc(256);
 
 export function opendir(s: FsState): number {
   const ino = s.inodes.get(s.req.nodeid);
@@ -72,32 +74,40 @@ function list(s: FsState, plus: boolean): number {
       const reclen = u16(dents, p + D_RECLEN);
       if (reclen === 0) return used;
       const nameStart = p + D_NAME;
-      let nameEnd = dents.indexOf(0, nameStart);
-      if (nameEnd < 0 || nameEnd > p + reclen) nameEnd = p + reclen;
+      const recEnd = p + reclen;
+      let nameEnd = nameStart;
+      while (nameEnd < recEnd && dents[nameEnd] !== 0) nameEnd++;
       const namelen = nameEnd - nameStart;
       const rec = direntAlign(head + namelen);
       if (used + rec > size) return used;
       const base = 16 + used;
       const dp = base + direntAt;
       if (plus) {
-        out.fill(0, base, base + ENTRY_OUT_SIZE);
-        if (!isDotOrDotDot(dents, nameStart, namelen)) {
+        let found = false;
+        if (!isDotOrDotDot(dents, nameStart, namelen) && namelen < entryName.length) {
           const dir = h.inode;
+          // The name, NUL-terminated, in a buffer of our own: no view allocated per entry.
+          copyBytes(dents, nameStart, entryName, 0, namelen);
+          entryName[namelen] = 0;
           // Resolve in the handle's own fd, not dir.fd: a guest may FORGET the directory's
           // node id while it keeps this handle, which closes dir.fd, and that fd number
           // then belongs to whatever is opened next (another directory, say).
-          const ino = s.lookupName(dir, dents.subarray(nameStart, nameEnd + 1), h.fd);
+          const ino = s.lookupName(dir, entryName, h.fd);
           // A name that vanished since getdents still gets its dirent, with node id 0,
           // which the client takes as "no attributes for this one".
-          if (typeof ino !== 'number') s.writeEntry(out, base, ino, dir);
+          if (typeof ino !== 'number') {
+            s.writeEntry(out, base, ino, dir);
+            found = true;
+          }
         }
+        if (!found) out.fill(0, base, base + ENTRY_OUT_SIZE);
       }
-      dents.copy(out, dp + Dirent.off.ino, p + D_INO, p + D_INO + 8);
-      dents.copy(out, dp + Dirent.off.off, p + D_OFF, p + D_OFF + 8);
+      copyBytes(dents, p + D_INO, out, dp + Dirent.off.ino, 8);
+      copyBytes(dents, p + D_OFF, out, dp + Dirent.off.off, 8);
       setU32(out, dp + Dirent.off.namelen, namelen);
       setU32(out, dp + Dirent.off.type, dents[p + D_TYPE] as number);
-      dents.copy(out, dp + Dirent.size, nameStart, nameEnd);
-      out.fill(0, dp + Dirent.size + namelen, base + rec);
+      copyBytes(dents, nameStart, out, dp + Dirent.size, namelen);
+      for (let z = dp + Dirent.size + namelen; z < base + rec; z++) out[z] = 0;
       used += rec;
       p += reclen;
     }
