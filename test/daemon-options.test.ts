@@ -64,3 +64,33 @@ test('the same option twice with the same value is accepted', (t) => {
   const cfg = parseDaemonArgs(['--shared-dir', '/srv', '--shared-dir=/srv', '--fd', '3']);
   t.is(cfg.sharedDir, '/srv');
 });
+
+test('virtiofsd options with an equivalent here are accepted, with a note where behaviour differs', (t) => {
+  const base = ['--shared-dir', '/srv', '--socket-path', '/run/v.sock'];
+  const plain = parseDaemonArgs([...base, '--inode-file-handles=never', '--no-killpriv-v2', '--no-posix-acl']);
+  t.deepEqual(plain.notes, []);
+  t.false(plain.fs.preserveNoatime);
+  const noted = parseDaemonArgs([...base, '--inode-file-handles', 'prefer', '--killpriv-v2', '--preserve-noatime']);
+  t.true(noted.fs.preserveNoatime);
+  t.is(noted.notes.length, 2);
+  t.regex(noted.notes.join('\n'), /--inode-file-handles=prefer: .*O_PATH/);
+  t.regex(noted.notes.join('\n'), /--killpriv-v2: .*clears setuid/);
+});
+
+test('virtiofsd options vfs does not implement are refused saying so and what to do', (t) => {
+  const base = ['--shared-dir', '/srv', '--socket-path', '/run/v.sock'];
+  const cases: [string[], RegExp][] = [
+    [['--posix-acl'], /^--posix-acl: a virtiofsd option vfs does not support: .*remove --posix-acl/],
+    [['--xattrmap', ':map::user.virtiofs.:'], /^--xattrmap: a virtiofsd option vfs does not support/],
+    [['--security-label'], /^--security-label: a virtiofsd option vfs does not support/],
+    [['--allow-mmap'], /^--allow-mmap: a virtiofsd option vfs does not support/],
+    [['--translate-uid', 'map:1000:0:1'], /^--translate-uid: .*--uid-map/],
+    [['--migration-mode=find-paths'], /^--migration-mode: .*migration is not supported/],
+    [['--inode-file-handles=mandatory'], /^--inode-file-handles=mandatory: not supported.*use never/],
+    [['--no-such-thing'], /^--no-such-thing: unknown option; run with --help/],
+  ];
+  for (const [extra, re] of cases) {
+    const e = t.throws(() => parseDaemonArgs([...base, ...extra]), { instanceOf: UsageError }, extra.join(' '));
+    t.regex(e?.message ?? '', re, extra.join(' '));
+  }
+});

@@ -93,6 +93,7 @@ async function run(argv: string[]): Promise<number> {
   }
   if (cfg.logLevel === 'off') setLogSink(() => undefined);
   else setLogLevel(cfg.logLevel);
+  for (const note of cfg.notes) log.warn(note);
   let syslogFd: number | undefined;
   if (cfg.syslog) {
     const fd = connectSyslog();

@@ -40,6 +40,8 @@ export interface DaemonConfig {
   uidMap?: string;
   gidMap?: string;
   threadPoolSize?: number;
+  /** What accepted compatibility options change or do not change (logged at start). */
+  notes: string[];
   printCapabilities: boolean;
   /** Test-only: make one forbidden syscall after the sandbox is in place. */
   testForbiddenSyscall: boolean;
@@ -91,10 +93,47 @@ const OPTIONS: Record<string, OptionSpec> = {
   modcaps: { kind: 'string', help: 'capability changes, e.g. +sys_admin:-mknod', apply: (c, v) => { c.modcaps = v; } },
   'uid-map': { kind: 'string', help: ':inner:outer:count:', apply: (c, v) => { c.uidMap = v; } },
   'gid-map': { kind: 'string', help: ':inner:outer:count:', apply: (c, v) => { c.gidMap = v; } },
+  'preserve-noatime': { kind: 'flag', help: "keep the guest's O_NOATIME (stripped by default, as virtiofsd)", apply: on((c) => { c.fs.preserveNoatime = true; }) },
+  'inode-file-handles': {
+    kind: 'string', values: ['never', 'prefer', 'mandatory'], help: 'never|prefer (inodes are always O_PATH fds)',
+    apply: (c, v) => {
+      if (v === 'mandatory') throw new UsageError('--inode-file-handles=mandatory: not supported, vfs keeps an O_PATH fd per inode; use never (or prefer, which falls back to fds)');
+      if (v === 'prefer') c.notes.push('--inode-file-handles=prefer: file handles are not used; inodes are O_PATH fds (as with never)');
+    },
+  },
+  'killpriv-v2': {
+    kind: 'flag', help: 'accepted; HANDLE_KILLPRIV_V2 is not offered (the guest clears setuid/setgid itself)',
+    apply: on((c) => { c.notes.push('--killpriv-v2: FUSE_HANDLE_KILLPRIV_V2 is not offered; the guest kernel clears setuid/setgid itself, with the same result'); }),
+  },
+  'no-killpriv-v2': { kind: 'flag', help: 'accepted (the default)', apply: on(() => undefined) },
+  'no-posix-acl': { kind: 'flag', help: 'accepted (the default: no POSIX ACLs)', apply: on(() => undefined) },
   'thread-pool-size': { kind: 'int', help: 'accepted for compatibility; requests are served on one thread', apply: (c, v) => { c.threadPoolSize = Number(v); } },
   'print-capabilities': { kind: 'flag', help: 'print the vhost-user.json capabilities and exit', apply: on((c) => { c.printCapabilities = true; }) },
   'test-forbidden-syscall': { kind: 'flag', help: 'test hook: make a syscall the policy forbids', apply: on((c) => { c.testForbiddenSyscall = true; }) },
 };
+
+/**
+ * virtiofsd options vfs does not implement, each with what to do instead: a drop-in user
+ * gets this rather than "unknown option".
+ */
+const NOT_SUPPORTED: Record<string, string> = {
+  'posix-acl': 'POSIX ACLs are not supported; remove --posix-acl (the guest then sees no ACLs)',
+  xattrmap: 'extended attribute mapping is not supported; remove --xattrmap (with --xattr, names pass through unmapped)',
+  'security-label': 'security labels (FUSE_SECURITY_CTX) are not supported; remove --security-label',
+  'allow-mmap': 'FUSE_DIRECT_IO_ALLOW_MMAP is not offered; remove --allow-mmap (with --cache=never the guest cannot mmap files shared-writable)',
+  'translate-uid': 'id translation is not supported; remove it, or run vfs-launch with --uid-map/--gid-map (user-namespace maps)',
+  'translate-gid': 'id translation is not supported; remove it, or run vfs-launch with --uid-map/--gid-map (user-namespace maps)',
+  'migration-mode': 'live migration is not supported; remove the --migration-* options',
+  'migration-on-error': 'live migration is not supported; remove the --migration-* options',
+  'migration-verify-handles': 'live migration is not supported; remove the --migration-* options',
+  'migration-confirm-paths': 'live migration is not supported; remove the --migration-* options',
+};
+
+function unknownOption(rawName: string): UsageError {
+  const why = NOT_SUPPORTED[rawName.replace(/_/g, '-')];
+  if (why !== undefined) return new UsageError(`--${rawName}: a virtiofsd option vfs does not support: ${why}`);
+  return new UsageError(`--${rawName}: unknown option; run with --help for the list`);
+}
 
 /** Legacy `-o key[=value],...` (virtiofsd's C-era syntax that libvirt may still pass). */
 function applyLegacy(cfg: DaemonConfig, list: string, seen: Map<string, string>, set: (name: string, v: string) => void): void {
@@ -128,6 +167,7 @@ export function defaultDaemonConfig(): DaemonConfig {
     sandbox: 'namespace',
     seccomp: 'kill',
     seccompPolicies: [],
+    notes: [],
     logLevel: 'info',
     syslog: false,
     printCapabilities: false,
@@ -143,7 +183,7 @@ export function parseDaemonArgs(argv: readonly string[]): DaemonConfig {
   const set = (rawName: string, value: string): void => {
     const name = rawName.replace(/_/g, '-');
     const spec = OPTIONS[name];
-    if (spec === undefined) throw new UsageError(`--${rawName}: unknown option; run with --help for the list`);
+    if (spec === undefined) throw unknownOption(rawName);
     if (spec.kind === 'int' && !/^\d+$/.test(value)) {
       throw new UsageError(`--${name}: expects a non-negative integer, got '${value}'`);
     }
@@ -176,7 +216,7 @@ export function parseDaemonArgs(argv: readonly string[]): DaemonConfig {
     const eq = arg.indexOf('=');
     const rawName = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
     const spec = OPTIONS[rawName.replace(/_/g, '-')];
-    if (spec === undefined) throw new UsageError(`--${rawName}: unknown option; run with --help for the list`);
+    if (spec === undefined) throw unknownOption(rawName);
     if (spec.kind === 'flag') {
       if (eq >= 0) throw new UsageError(`--${rawName}: takes no value`);
       set(rawName, '');

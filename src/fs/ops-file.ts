@@ -4,7 +4,7 @@
 // preadv/pwritev (node's readvSync/writevSync with a position), without a copy.
 import fs from 'node:fs';
 import {
-  AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_ACCMODE, O_APPEND, O_CLOEXEC, O_CREAT, O_DIRECT, O_EXCL, O_NOCTTY, O_NOFOLLOW,
+  AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_ACCMODE, O_APPEND, O_CLOEXEC, O_CREAT, O_DIRECT, O_EXCL, O_NOATIME, O_NOCTTY, O_NOFOLLOW,
   O_PATH, O_RDONLY, O_RDWR, O_TMPFILE, O_TRUNC, O_WRONLY, STX, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, close, copyFileRange, dup, fallocate as fallocateCall, fsync as fsyncCall,
   lseek as lseekCall, openat, statx,
 } from '../sys/file-calls.js';
@@ -32,6 +32,9 @@ export function hostOpenFlags(s: FsState, flags: number): number {
     f &= ~O_APPEND;
   }
   if (!s.opts.allowDirectIo) f &= ~O_DIRECT;
+  // O_NOATIME fails with EPERM for a caller who does not own the file, which the guest
+  // kernel (judging by its own view of ownership) may not expect; virtiofsd strips it too.
+  if (!s.opts.preserveNoatime) f &= ~O_NOATIME;
   return f | O_CLOEXEC;
 }
 

@@ -17,7 +17,8 @@ export interface FsOptions {
   readdirplus: boolean;
   /** --allow-direct-io: honour the client's O_DIRECT instead of stripping it. */
   allowDirectIo: boolean;
-  /** --killpriv-v2 / --posix-acl are not offered yet. */
+  /** --preserve-noatime: pass the guest's O_NOATIME on (virtiofsd strips it by default). */
+  preserveNoatime: boolean;
 }
 
 export const DEFAULT_FS_OPTIONS: FsOptions = {
@@ -28,4 +29,5 @@ export const DEFAULT_FS_OPTIONS: FsOptions = {
   announceSubmounts: false,
   readdirplus: true,
   allowDirectIo: false,
+  preserveNoatime: false,
 };

@@ -66,6 +66,7 @@ export const O_TRUNC = 0o1000;
 export const O_APPEND = 0o2000;
 export const O_NONBLOCK = 0o4000;
 export const O_DIRECT = process.arch === 'arm64' ? 0o200000 : 0o40000;
+export const O_NOATIME = 0o1000000; // the same on x86_64 and aarch64
 export const O_DIRECTORY = process.arch === 'arm64' ? 0o40000 : 0o200000;
 export const O_NOFOLLOW = process.arch === 'arm64' ? 0o100000 : 0o400000;
 export const O_CLOEXEC = 0o2000000;
