@@ -40,24 +40,24 @@ function create(f: TestFs, parent: number, name: string, mode = 0o644, o: ReqOpt
   return { nodeid: nodeOf(a), fh: OpenOut.decode(a.body, ENTRY_OUT_SIZE).fh, a };
 }
 
-function write(f: TestFs, fh: bigint, offset: bigint, data: Buffer, segs?: number[]): Answer | null {
-  const req = request(Op.WRITE, [struct(WriteIn, { fh, offset, size: data.length }), data]);
+function write(f: TestFs, nodeid: bigint | number, fh: bigint, offset: bigint, data: Buffer, segs?: number[]): Answer | null {
+  const req = request(Op.WRITE, [struct(WriteIn, { fh, offset, size: data.length }), data], { nodeid });
   return send(f.session, segs ? split(req, ...segs) : req);
 }
 
 test('MKDIR, CREATE, WRITE and READ at 5 GiB (sparse), with scattered requests', withFs((t, f) => {
   const d = ok(send(f.session, request(Op.MKDIR, [struct(MkdirIn, { mode: 0o755 }), cstr('dir')])));
   t.is(attrOfEntry(d).mode, 0o040755);
-  const { fh } = create(f, nodeOf(d), 'big');
+  const { nodeid, fh } = create(f, nodeOf(d), 'big');
   const data = Buffer.from('x'.repeat(10000) + 'end');
   const off = 5n * 1024n ** 3n;
   // Header split mid-struct, payload over three segments.
-  const w = ok(write(f, fh, off, data, [10, 60, 90, 5000]));
+  const w = ok(write(f, nodeid, fh, off, data, [10, 60, 90, 5000]));
   t.is(WriteOut.decode(w.body, 0).size, data.length);
   const st = fs.statSync(path.join(f.dir, 'dir', 'big'));
   t.is(st.size, Number(off) + data.length);
   t.true(st.blocks * 512 < 1024 * 1024, 'sparse');
-  const r = ok(send(f.session, request(Op.READ, [struct(ReadIn, { fh, offset: off + 9990n, size: 100 })]), 0, [16, 7, 100]));
+  const r = ok(send(f.session, request(Op.READ, [struct(ReadIn, { fh, offset: off + 9990n, size: 100 })], { nodeid }), 0, [16, 7, 100]));
   t.is(r.body.toString(), 'xxxxxxxxxxend');
   const hostFd = fs.openSync(path.join(f.dir, 'dir', 'big'), 'r');
   const b = Buffer.alloc(3);
@@ -136,13 +136,13 @@ test('TMPFILE, FALLOCATE, LSEEK SEEK_DATA/SEEK_HOLE, COPY_FILE_RANGE, STATFS', w
   const { nodeid, fh } = create(f, 1, 'f');
   ok(send(f.session, request(Op.FALLOCATE, [struct(FallocateIn, { fh, offset: 2097152n, length: 65536n })], { nodeid })));
   t.is(fs.statSync(path.join(f.dir, 'f')).size, 2097152 + 65536);
-  ok(write(f, fh, 1048576n, Buffer.alloc(4096, 1)));
+  ok(write(f, nodeid, fh, 1048576n, Buffer.alloc(4096, 1)));
   const seek = (offset: bigint, whence: number) => send(f.session, request(Op.LSEEK, [struct(LseekIn, { fh, offset, whence })], { nodeid }));
   const d = ok(seek(0n, 3));
   t.is(LseekOut.decode(d.body, 0).offset, 1048576n);
   const h = ok(seek(1048576n, 4));
   t.is(LseekOut.decode(h.body, 0).offset, 1048576n + 4096n);
-  ok(write(f, fh, 0n, Buffer.from('copy me')));
+  ok(write(f, nodeid, fh, 0n, Buffer.from('copy me')));
   const c2 = create(f, 1, 'g');
   const c = ok(send(f.session, request(Op.COPY_FILE_RANGE, [struct(CopyFileRangeIn, {
     fhIn: fh, offIn: 0n, nodeidOut: BigInt(c2.nodeid), fhOut: c2.fh, offOut: 3n, len: 7n,

@@ -243,6 +243,8 @@ class Fuzzer {
   readonly staleNodes = new PickSet();
   readonly liveFh = new PickSet();
   readonly staleFh = new PickSet();
+  /** The node each handle was opened on (the client always sends that pair). */
+  readonly fhNode = new Map<number, bigint>();
   readonly modeOf = new Map<number, number>();
   maxNode = 1;
   maxFh = 0;
@@ -297,7 +299,8 @@ class Fuzzer {
     this.staleNodes.add(nodeid);
   }
 
-  addFh(fh: number): void {
+  addFh(fh: number, nodeid: bigint): void {
+    this.fhNode.set(fh, nodeid);
     if (fh === 0 || this.liveFh.has(fh) || this.staleFh.has(fh)) this.fail(`open reply with fh ${fh} (zero, live or reused)`);
     this.liveFh.add(fh);
     if (fh > this.maxFh) this.maxFh = fh;
@@ -337,6 +340,12 @@ class Fuzzer {
     if (r < 86) return this.rng.u64();
     if (r < 89) return U64_MAX;
     return BigInt(this.rng.int(this.maxFh + 5));
+  }
+
+  /** The node to name with handle `fh`: mostly its own, as a client sends it; sometimes any. */
+  nodeFor(fh: bigint): bigint {
+    const own = this.fhNode.get(Number(fh));
+    return own !== undefined && this.rng.chance(0.8) ? own : this.nodeid();
   }
 
   /** A name with its terminator (unterminated only when `last` allows it). */
@@ -492,7 +501,8 @@ class Fuzzer {
 
   genGetattr(): Built {
     const flags = this.rng.chance(0.5) ? 1 : this.rng.chance(0.5) ? 0 : this.rng.u32();
-    return { op: Op.GETATTR, parts: [struct(GetattrIn, { getattrFlags: flags, fh: this.fh() })], nodeid: this.nodeid(), note: 'getattr' };
+    const fh = this.fh();
+    return { op: Op.GETATTR, parts: [struct(GetattrIn, { getattrFlags: flags, fh })], nodeid: this.nodeFor(fh), note: 'getattr' };
   }
 
   genSetattr(): Built {
@@ -505,11 +515,12 @@ class Fuzzer {
     const idOf = (): number => (rng.chance(0.85) ? rng.pick(IDS) : rng.chance(0.5) ? 0xffffffff : rng.u32());
     const time = (): bigint => (rng.chance(0.7) ? BigInt(rng.int(2_000_000_000)) : rng.u64());
     const nsec = (): number => (rng.chance(0.8) ? rng.int(1_000_000_000) : rng.u32());
+    const fh = this.fh();
     const v = struct(SetattrIn, {
-      valid, fh: this.fh(), size, atime: time(), mtime: time(), ctime: time(), atimensec: nsec(), mtimensec: nsec(),
+      valid, fh, size, atime: time(), mtime: time(), ctime: time(), atimensec: nsec(), mtimensec: nsec(),
       ctimensec: nsec(), mode: rng.chance(0.8) ? this.mode() : rng.u32(), uid: idOf(), gid: idOf(),
     });
-    return { op: Op.SETATTR, parts: [v], nodeid: this.nodeid(), note: `setattr valid 0x${valid.toString(16)}` };
+    return { op: Op.SETATTR, parts: [v], nodeid: this.nodeFor(fh), note: `setattr valid 0x${valid.toString(16)}` };
   }
 
   genSymlink(): Built {
@@ -557,16 +568,17 @@ class Fuzzer {
     };
   }
 
-  openAfter(o: Outcome | null, at: number): void {
+  openAfter(o: Outcome | null, at: number, nodeid: bigint): void {
     if (o === null || o.error !== 0) return;
-    this.addFh(Number(OpenOut.decode(o.body, at).fh));
+    this.addFh(Number(OpenOut.decode(o.body, at).fh), nodeid);
   }
 
   genOpen(): Built {
     const flags = this.openFlags();
+    const nodeid = this.nodeid('file');
     return {
-      op: Op.OPEN, parts: [struct(OpenIn, { flags, openFlags: this.rng.chance(0.9) ? 0 : this.rng.u32() })], nodeid: this.nodeid('file'),
-      after: (o) => this.openAfter(o, 0), note: `open 0${flags.toString(8)}`,
+      op: Op.OPEN, parts: [struct(OpenIn, { flags, openFlags: this.rng.chance(0.9) ? 0 : this.rng.u32() })], nodeid,
+      after: (o) => this.openAfter(o, 0, nodeid), note: `open 0${flags.toString(8)}`,
     };
   }
 
@@ -578,16 +590,17 @@ class Fuzzer {
       op: tmp ? Op.TMPFILE : Op.CREATE, parts, nodeid: this.nodeid('dir'), note: `${tmp ? 'tmpfile' : 'create'} 0${flags.toString(8)}`,
       after: (o) => {
         this.entryAfter(o);
-        this.openAfter(o, ENTRY_OUT_SIZE);
+        if (o !== null && o.error === 0) this.openAfter(o, ENTRY_OUT_SIZE, EntryOutHead.decode(o.body, 0).nodeid);
       },
     };
   }
 
   genRead(op: number): Built {
     const size = this.size32();
+    const fh = this.fh();
     return {
-      op, parts: [struct(ReadIn, { fh: this.fh(), offset: this.off64(), size, flags: this.rng.chance(0.9) ? 0 : this.rng.u32() })],
-      nodeid: this.nodeid(), note: `${opName.get(op)} size ${size}`,
+      op, parts: [struct(ReadIn, { fh, offset: this.off64(), size, flags: this.rng.chance(0.9) ? 0 : this.rng.u32() })],
+      nodeid: this.nodeFor(fh), note: `${opName.get(op)} size ${size}`,
       after: op === Op.READDIRPLUS ? (o) => this.direntplusAfter(o) : op === Op.READDIR ? (o) => this.direntsCheck(o, false) : undefined,
     };
   }
@@ -625,15 +638,17 @@ class Fuzzer {
     const data = rng.bytes(rng.chance(0.9) ? rng.int(4096) : rng.int(65536));
     // A size field that disagrees with the payload is refused by the decoder.
     const size = rng.chance(0.95) ? data.length : rng.pick([data.length + 1, 0xffffffff, 0]);
+    const fh = this.fh();
     return {
-      op: Op.WRITE, parts: [struct(WriteIn, { fh: this.fh(), offset: this.off64(), size, writeFlags: rng.chance(0.8) ? rng.int(8) : rng.u32() }), data],
-      nodeid: this.nodeid(), note: `write ${data.length}`, malformed: size !== data.length,
+      op: Op.WRITE, parts: [struct(WriteIn, { fh, offset: this.off64(), size, writeFlags: rng.chance(0.8) ? rng.int(8) : rng.u32() }), data],
+      nodeid: this.nodeFor(fh), note: `write ${data.length}`, malformed: size !== data.length,
     };
   }
 
   genFhOnly(op: number, _size: number): Built {
-    const parts = op === Op.FLUSH ? [struct(FlushIn, { fh: this.fh() })] : [struct(FsyncIn, { fh: this.fh(), fsyncFlags: this.rng.int(4) })];
-    return { op, parts, nodeid: this.nodeid(), note: opName.get(op) ?? '' };
+    const fh = this.fh();
+    const parts = op === Op.FLUSH ? [struct(FlushIn, { fh })] : [struct(FsyncIn, { fh, fsyncFlags: this.rng.int(4) })];
+    return { op, parts, nodeid: this.nodeFor(fh), note: opName.get(op) ?? '' };
   }
 
   genRelease(op: number): Built {
@@ -648,9 +663,10 @@ class Fuzzer {
   }
 
   genOpendir(): Built {
+    const nodeid = this.nodeid('dir');
     return {
-      op: Op.OPENDIR, parts: [struct(OpenIn, { flags: this.rng.chance(0.8) ? 0o200000 : this.openFlags() })], nodeid: this.nodeid('dir'),
-      after: (o) => this.openAfter(o, 0), note: 'opendir',
+      op: Op.OPENDIR, parts: [struct(OpenIn, { flags: this.rng.chance(0.8) ? 0o200000 : this.openFlags() })], nodeid,
+      after: (o) => this.openAfter(o, 0, nodeid), note: 'opendir',
     };
   }
 
@@ -678,27 +694,31 @@ class Fuzzer {
     const rng = this.rng;
     // Lengths as offsets: small or refused, so nothing allocates gigabytes on the host disk.
     const mode = rng.chance(0.7) ? rng.pick([0, 1, 3, 0x10, 0x20, 0x08]) : rng.u32();
+    const fh = this.fh();
     return {
-      op: Op.FALLOCATE, parts: [struct(FallocateIn, { fh: this.fh(), offset: this.off64(), length: this.off64(), mode })],
-      nodeid: this.nodeid(), note: `fallocate mode ${mode}`,
+      op: Op.FALLOCATE, parts: [struct(FallocateIn, { fh, offset: this.off64(), length: this.off64(), mode })],
+      nodeid: this.nodeFor(fh), note: `fallocate mode ${mode}`,
     };
   }
 
   genLseek(): Built {
     const whence = this.rng.chance(0.9) ? this.rng.int(6) : this.rng.u32();
-    return { op: Op.LSEEK, parts: [struct(LseekIn, { fh: this.fh(), offset: this.rng.chance(0.5) ? this.off64() : this.rng.u64(), whence })], nodeid: this.nodeid(), note: `lseek ${whence}` };
+    const fh = this.fh();
+    return { op: Op.LSEEK, parts: [struct(LseekIn, { fh, offset: this.rng.chance(0.5) ? this.off64() : this.rng.u64(), whence })], nodeid: this.nodeFor(fh), note: `lseek ${whence}` };
   }
 
   genCopy(): Built {
     const rng = this.rng;
     const len = rng.chance(0.5) ? BigInt(rng.int(100000)) : rng.pick([U64_MAX, I64_MAX, 1n << 40n, 0n]);
+    const fhIn = this.fh();
+    const fhOut = this.fh();
     return {
       op: Op.COPY_FILE_RANGE,
       parts: [struct(CopyFileRangeIn, {
-        fhIn: this.fh(), offIn: this.off64(), nodeidOut: this.nodeid(), fhOut: this.fh(), offOut: this.off64(), len,
+        fhIn, offIn: this.off64(), nodeidOut: this.nodeFor(fhOut), fhOut, offOut: this.off64(), len,
         flags: rng.chance(0.8) ? 0n : rng.u64(),
       })],
-      nodeid: this.nodeid(), note: `copy_file_range ${len}`,
+      nodeid: this.nodeFor(fhIn), note: `copy_file_range ${len}`,
     };
   }
 
@@ -968,7 +988,7 @@ test('READDIRPLUS on a directory handle whose inode the guest forgot still descr
   send(w.session, request(Op.FORGET, [struct(ForgetIn, { nlookup: 1n })], { nodeid: d1 }));
   const d2 = entryNode(ok(w.session, Op.MKDIR, [struct(MkdirIn, { mode: 0o755 }), cstr('d2')], 1));
   const x2 = entryNode(ok(w.session, Op.MKNOD, [struct(MknodIn, { mode: S_IFREG | 0o644 }), cstr('x')], d2));
-  const body = ok(w.session, Op.READDIRPLUS, [struct(ReadIn, { fh, size: 65536 })], 1);
+  const body = ok(w.session, Op.READDIRPLUS, [struct(ReadIn, { fh, size: 65536 })], d1);
   const names: string[] = [];
   for (let p = 0; p < body.length;) {
     const d = Dirent.decode(body, p + ENTRY_OUT_SIZE);

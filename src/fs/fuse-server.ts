@@ -7,7 +7,7 @@ import { clearGroupsThread, setUmask } from '../sys/cred-calls.js';
 import type { FsOptions } from './options.js';
 import type { FuseSession, TransportKind } from './session.js';
 import {
-  FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_MIN_MINOR_VERSION, InitFlag, InitIn, InitOut, Op, opName,
+  ENTRY_OUT_SIZE, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_MIN_MINOR_VERSION, InitFlag, InitIn, InitOut, Op, OpenOut, opName,
 } from './fuse-abi.js';
 import { NO_REPLY } from './request.js';
 import { FsState } from './state.js';
@@ -75,6 +75,16 @@ const MODIFYING = new Set<number>([
   Op.TMPFILE, Op.WRITE, Op.FALLOCATE, Op.COPY_FILE_RANGE, Op.SETXATTR, Op.REMOVEXATTR,
 ]);
 const NO_REPLY_OPS = new Set<number>([Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT, Op.NOTIFY_REPLY]);
+/**
+ * Reply bodies of the opcodes that take a lookup or open a handle. Their room is checked
+ * before anything happens: a reply that cannot be delivered must not leave the guest
+ * holding a node id or handle it never learns of (nor create a file it is told failed).
+ */
+const REPLY_BODY = new Map<number, number>([
+  [Op.LOOKUP, ENTRY_OUT_SIZE], [Op.MKNOD, ENTRY_OUT_SIZE], [Op.MKDIR, ENTRY_OUT_SIZE], [Op.SYMLINK, ENTRY_OUT_SIZE],
+  [Op.LINK, ENTRY_OUT_SIZE], [Op.CREATE, ENTRY_OUT_SIZE + OpenOut.size], [Op.TMPFILE, ENTRY_OUT_SIZE + OpenOut.size],
+  [Op.OPEN, OpenOut.size], [Op.OPENDIR, OpenOut.size],
+]);
 
 /** Flags we implement and offer when the client does (see the comments in initReply). */
 function offeredFlags(opts: FsOptions): number {
@@ -138,6 +148,8 @@ class FuseServer implements FuseSession {
     if (h === undefined) return -E.ENOSYS;
     if (XATTR_OPS.has(op) && !s.opts.xattr) return -E.ENOSYS;
     if (s.opts.readonly && MODIFYING.has(op)) return -E.EROFS;
+    const body = REPLY_BODY.get(op);
+    if (body !== undefined && !s.reply.reserve(body)) return -E.EIO;
     return h(s);
   }
 

@@ -144,8 +144,14 @@ export class HandleTable {
     return this.byFh.size;
   }
 
-  get(fh: number): Handle | undefined {
-    return this.byFh.get(fh);
+  /**
+   * The handle `fh` when it was opened on node `nodeid`. The client always names a
+   * handle together with its own node; a pair that does not match comes from a confused
+   * or hostile guest, and using the handle would act on another file than the one named.
+   */
+  get(fh: number, nodeid: number): Handle | undefined {
+    const h = this.byFh.get(fh);
+    return h !== undefined && h.inode.nodeid === nodeid ? h : undefined;
   }
 
   add(fd: number, inode: Inode): Handle {

@@ -26,7 +26,7 @@ export function setattr(s: FsState): number {
   if (ino === undefined) return -E.ENOENT;
   const S = SetattrIn.off;
   const valid = req.u32(S.valid);
-  const h = valid & FATTR.FH ? s.handles.get(req.u64(S.fh)) : undefined;
+  const h = valid & FATTR.FH ? s.handles.get(req.u64(S.fh), req.nodeid) : undefined;
   const fd = h?.fd ?? -1;
   let r: number;
   if (valid & FATTR.MODE) {

@@ -50,7 +50,7 @@ function isDotOrDotDot(b: Buffer, p: number, n: number): boolean {
 
 function list(s: FsState, plus: boolean): number {
   const req = s.req;
-  const h = s.handles.get(req.u64(ReadIn.off.fh));
+  const h = s.handles.get(req.u64(ReadIn.off.fh), req.nodeid);
   if (h === undefined) return -E.EBADF;
   const size = s.reply.room(req.u32(ReadIn.off.size));
   if (size === 0 || !s.reply.reserve(size)) return 0;
@@ -120,7 +120,7 @@ export function releasedir(s: FsState): number {
 }
 
 export function fsyncdir(s: FsState): number {
-  const h = s.handles.get(s.req.u64(FsyncIn.off.fh));
+  const h = s.handles.get(s.req.u64(FsyncIn.off.fh), s.req.nodeid);
   if (h === undefined) return -E.EBADF;
   return fsync(h.fd, (s.req.u32(FsyncIn.off.fsyncFlags) & FUSE_FSYNC_FDATASYNC) !== 0);
 }

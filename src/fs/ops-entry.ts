@@ -84,7 +84,7 @@ export function getattr(s: FsState): number {
   const ino = s.inodes.get(req.nodeid);
   if (ino === undefined) return -E.ENOENT;
   let r: number;
-  const h = req.u32(GetattrIn.off.getattrFlags) & FUSE_GETATTR_FH ? s.handles.get(req.u64(GetattrIn.off.fh)) : undefined;
+  const h = req.u32(GetattrIn.off.getattrFlags) & FUSE_GETATTR_FH ? s.handles.get(req.u64(GetattrIn.off.fh), req.nodeid) : undefined;
   if (h !== undefined) r = statx(h.fd, EMPTY_NAME, AT_EMPTY_PATH, STATX_MASK, s.stx);
   else r = s.statInode(ino);
   if (r < 0) return r;

@@ -159,7 +159,7 @@ export function tmpfile(s: FsState): number {
 
 export function read(s: FsState): number {
   const req = s.req;
-  const h = s.handles.get(req.u64(ReadIn.off.fh));
+  const h = s.handles.get(req.u64(ReadIn.off.fh), req.nodeid);
   if (h === undefined) return -E.EBADF;
   if (req.u64Big(ReadIn.off.offset)) return -E.EINVAL;
   const pos = req.u64(ReadIn.off.offset);
@@ -178,7 +178,7 @@ export function read(s: FsState): number {
 
 export function write(s: FsState): number {
   const req = s.req;
-  const h = s.handles.get(req.u64(WriteIn.off.fh));
+  const h = s.handles.get(req.u64(WriteIn.off.fh), req.nodeid);
   if (h === undefined) return -E.EBADF;
   if (s.opts.readonly) return -E.EROFS;
   if (req.u64Big(WriteIn.off.offset)) return -E.EFBIG;
@@ -207,7 +207,7 @@ function writev(fd: number, iov: Buffer[], pos: number): number {
 }
 
 export function flush(s: FsState): number {
-  const h = s.handles.get(s.req.u64(FlushIn.off.fh));
+  const h = s.handles.get(s.req.u64(FlushIn.off.fh), s.req.nodeid);
   if (h === undefined) return -E.EBADF;
   // Closing a duplicate gives the host file system the close() it may act on (NFS
   // flushes, for one) while our fd stays open for later requests.
@@ -222,7 +222,7 @@ export function release(s: FsState): number {
 }
 
 export function fsync(s: FsState): number {
-  const h = s.handles.get(s.req.u64(FsyncIn.off.fh));
+  const h = s.handles.get(s.req.u64(FsyncIn.off.fh), s.req.nodeid);
   if (h === undefined) return -E.EBADF;
   return fsyncCall(h.fd, (s.req.u32(FsyncIn.off.fsyncFlags) & FUSE_FSYNC_FDATASYNC) !== 0);
 }
@@ -230,7 +230,7 @@ export function fsync(s: FsState): number {
 export function fallocate(s: FsState): number {
   const req = s.req;
   if (s.opts.readonly) return -E.EROFS;
-  const h = s.handles.get(req.u64(FallocateIn.off.fh));
+  const h = s.handles.get(req.u64(FallocateIn.off.fh), req.nodeid);
   if (h === undefined) return -E.EBADF;
   if (req.u64Big(FallocateIn.off.offset) || req.u64Big(FallocateIn.off.length)) return -E.EFBIG;
   return fallocateCall(h.fd, req.u32(FallocateIn.off.mode), req.u64(FallocateIn.off.offset), req.u64(FallocateIn.off.length));
@@ -238,7 +238,7 @@ export function fallocate(s: FsState): number {
 
 export function lseek(s: FsState): number {
   const req = s.req;
-  const h = s.handles.get(req.u64(LseekIn.off.fh));
+  const h = s.handles.get(req.u64(LseekIn.off.fh), req.nodeid);
   if (h === undefined) return -E.EBADF;
   if (req.u64Big(LseekIn.off.offset)) return -E.ENXIO;
   if (!s.reply.reserve(LseekOut.size)) return -E.EIO;
@@ -252,8 +252,8 @@ export function lseek(s: FsState): number {
 export function copyFileRangeOp(s: FsState): number {
   const req = s.req;
   if (s.opts.readonly) return -E.EROFS;
-  const hin = s.handles.get(req.u64(CopyFileRangeIn.off.fhIn));
-  const hout = s.handles.get(req.u64(CopyFileRangeIn.off.fhOut));
+  const hin = s.handles.get(req.u64(CopyFileRangeIn.off.fhIn), req.nodeid);
+  const hout = s.handles.get(req.u64(CopyFileRangeIn.off.fhOut), req.u64(CopyFileRangeIn.off.nodeidOut));
   if (hin === undefined || hout === undefined) return -E.EBADF;
   if (!s.reply.reserve(WriteOut.size)) return -E.EIO;
   offIn.writeBigUInt64LE(req.bigU64(CopyFileRangeIn.off.offIn));
