@@ -16,8 +16,14 @@
 // VFS_FUZZ_REQUESTS changes the length; VFS_FUZZ_TRACE=1 prints each request to stderr
 // before it is served (for a hang, which only shows as an ava timeout). The regression
 // tests at the end are the bugs the fuzzer found, each on its own.
+//
+// The core runs in this process, as root, with no sandbox: a core that lets a request
+// escape the share would act on the host itself (a deliberately broken copy once chmod-ed
+// and chown-ed the machine's `/`). So this file's tests run only in a re-run of itself
+// under bubblewrap, where the host is read-only and only a fresh TMPDIR (which holds the
+// test worlds) and ava's cache are writable; outside, the one test here starts that run.
 import test, { type ExecutionContext } from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -35,6 +41,35 @@ import { AT_FDCWD, O_CLOEXEC, O_DIRECTORY, O_PATH, close, openat } from '../src/
 import { cstr, request, send, struct } from './fs-helpers.js';
 
 const REQUESTS = Number(process.env.VFS_FUZZ_REQUESTS ?? 20000);
+const CONFINED = process.env.VFS_FUZZ_CONFINED === '1';
+const REPO = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+
+/** Register a test of this file: only in the confined re-run (see the header). */
+function confined(name: string, impl: (t: ExecutionContext) => void): void {
+  if (CONFINED) test.serial(name, impl);
+}
+
+if (!CONFINED) {
+  test('the stateful fuzz and its regressions, run under bubblewrap with the host read-only', (t) => {
+    t.timeout(6 * 60_000);
+    const seed = process.env.VFS_FUZZ_SEED ?? String((Date.now() ^ (process.pid << 16)) >>> 0);
+    const jail = fs.mkdtempSync(path.join(os.tmpdir(), 'vfs-fuzz-jail-'));
+    const cache = path.join(REPO, 'node_modules', '.cache');
+    fs.mkdirSync(cache, { recursive: true });
+    t.teardown(() => fs.rmSync(jail, { recursive: true, force: true }));
+    const r = spawnSync('bwrap', [
+      '--ro-bind', '/', '/', '--bind', jail, jail, '--bind', cache, cache, '--proc', '/proc', '--dev', '/dev',
+      '--chdir', REPO, '--', process.execPath, path.join(REPO, 'node_modules/ava/entrypoints/cli.mjs'),
+      path.relative(REPO, new URL(import.meta.url).pathname), '--timeout', '5m',
+    ], { encoding: 'utf8', env: { ...process.env, VFS_FUZZ_CONFINED: '1', VFS_FUZZ_SEED: seed, TMPDIR: jail }, timeout: 5.5 * 60_000 });
+    const out = `${r.stdout ?? ''}${r.stderr ?? ''}`;
+    t.log(`seed ${seed} (replay: VFS_FUZZ_SEED=${seed} npx ava ${path.relative(REPO, new URL(import.meta.url).pathname)})`);
+    if (r.error !== undefined) t.fail(`bwrap: ${r.error.message} (scripts/setup.sh installs bubblewrap)`);
+    t.is(r.status, 0, out);
+    t.regex(out, /3 tests passed/, out);
+    for (const line of out.split('\n').filter((l) => /^\s+(✔|ℹ)/.test(l))) t.log(line.trim());
+  });
+}
 const U64_MAX = (1n << 64n) - 1n;
 const I64_MAX = (1n << 63n) - 1n;
 const EIO = -5;
@@ -863,7 +898,7 @@ function ok(session: FuseSession, op: number, parts: Buffer[], nodeid: bigint | 
   return a.body;
 }
 
-test.serial('stateful hostile-guest fuzz: replies, confinement, service and fds hold up', (t) => {
+confined('stateful hostile-guest fuzz: replies, confinement, service and fds hold up', (t) => {
   t.timeout(5 * 60_000);
   if (process.geteuid?.() !== 0) {
     t.log('needs root (credential switching); skipped');
@@ -977,7 +1012,7 @@ function withWorld(fn: (t: ExecutionContext, w: World) => void): (t: ExecutionCo
 
 const entryNode = (body: Buffer): number => Number(EntryOutHead.decode(body, 0).nodeid);
 
-test('READDIRPLUS on a directory handle whose inode the guest forgot still describes that directory', withWorld((t, w) => {
+confined('READDIRPLUS on a directory handle whose inode the guest forgot still describes that directory', withWorld((t, w) => {
   // A guest may FORGET a directory's node id while it keeps an OPENDIR handle on it (the
   // kernel never does, a hostile guest can). The inode's O_PATH fd is then closed, and its
   // number goes to the next fd opened: here the inode of another directory with the same
@@ -1005,7 +1040,7 @@ test('READDIRPLUS on a directory handle whose inode the guest forgot still descr
   t.deepEqual(names.sort(), ['.', '..', 'x']);
 }));
 
-test('CREATE of an existing fifo or device node does not open it (OPEN refuses them too)', withWorld((t, w) => {
+confined('CREATE of an existing fifo or device node does not open it (OPEN refuses them too)', withWorld((t, w) => {
   // Without O_EXCL, CREATE of a name that exists opens it. A guest that made a fifo with
   // MKNOD could then block the device thread for good (open without a peer, or READ of an
   // empty fifo), and one that made a device node would open the host's device. O_RDWR
