@@ -53,6 +53,15 @@ interface Pending {
   slot: Slot;
   replyLens: number[];
   tag: number;
+  /** The request's fuse_in_header.unique (undefined when it has fewer than 16 bytes). */
+  unique: bigint | undefined;
+}
+
+/** unique of a request given as parts (the header may be split across them). */
+function uniqueOf(parts: readonly Buffer[]): bigint | undefined {
+  if (parts.length > 0 && (parts[0] as Buffer).length >= 16) return (parts[0] as Buffer).readBigUInt64LE(8);
+  const first = Buffer.concat(parts.slice(0, 16)).subarray(0, 16);
+  return first.length === 16 ? first.readBigUInt64LE(8) : undefined;
 }
 
 export interface Completion {
@@ -236,7 +245,7 @@ export class VirtioFsFrontend {
     }
     if (w > slot.outGpa + (queue === HIPRIO ? Math.min(this.slotBytes, 64 * 1024) : this.slotBytes)) throw new RangeError('reply larger than a slot');
     const head = q.add(out, inb, this.opts.indirect === true);
-    this.pending[queue].set(head, { slot, replyLens: [...replyLens], tag });
+    this.pending[queue].set(head, { slot, replyLens: [...replyLens], tag, unique: replyLens.length > 0 ? uniqueOf(parts) : undefined });
     return head;
   }
 
@@ -258,6 +267,11 @@ export class VirtioFsFrontend {
     if (u.len > cap) throw new Error(`queue ${queue}: used.len ${u.len} exceeds the ${cap} writable bytes`);
     const raw = this.opts.viewReplies === true && this.mem.slices(p.slot.outGpa, u.len).length === 1 ? this.mem.view(p.slot.outGpa, u.len) : this.mem.read(p.slot.outGpa, u.len);
     const header = parseOutHeader(raw);
+    // A reply always names its request: another unique means the device completed a chain
+    // twice or with another chain's reply (caught once as a bench CREATE with a 16-byte body).
+    if (p.unique !== undefined && raw.length >= OUT_HEADER && header.unique !== p.unique) {
+      throw new Error(`queue ${queue}: the completion of head ${u.id} (len ${u.len}) carries unique ${header.unique}; the request on that chain had ${p.unique}`);
+    }
     return { tag: p.tag, reply: { header, body: raw.subarray(OUT_HEADER), usedLen: u.len } };
   }
 
