@@ -221,14 +221,10 @@ export class SplitQueue {
       out.push({ id, len });
       this.lastUsed = (this.lastUsed + 1) & 0xffff;
     }
-    // Ask for an interrupt at the next used entry only when there was nothing to collect,
-    // that is, when the caller is about to sleep; while completions keep coming, the old
-    // used_event stays behind and the device need not signal (a Linux guest's
-    // virtqueue_disable_cb while it drains, then enable_cb before it sleeps). The fence
-    // orders that store before the caller's next read of used.idx: otherwise a completion
-    // landing in between could see the old used_event, skip the interrupt, and leave us
-    // asleep (a lost wake-up).
-    if (this.eventIdx && out.length === 0) {
+    // Ask for an interrupt at the next used entry. The fence orders that store before the
+    // caller's next read of used.idx: otherwise a completion landing in between could see
+    // the old used_event, skip the interrupt, and leave us asleep (a lost wake-up).
+    if (this.eventIdx) {
       this.avail.writeUInt16LE(this.lastUsed, 4 + 2 * this.size);
       fence();
     }
@@ -244,9 +240,6 @@ export class SplitQueue {
     for (;;) {
       const got = this.poll();
       if (got.length > 0) return got;
-      // poll() armed used_event after reading used.idx: a completion in between would not
-      // signal, so look once more before sleeping.
-      if (this.usedIdx() !== this.lastUsed) continue;
       const left = deadline - Date.now();
       if (left <= 0) return [];
       if (this.epoll.wait(Math.min(left, 1000)) > 0) {
