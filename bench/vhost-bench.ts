@@ -326,7 +326,7 @@ async function openSession(kind: BackendKind, shared: string): Promise<Session> 
   const d = await startDaemon(kind, { sharedDir: shared, extraArgs: extra, vfsCommand });
   const startMs = Date.now() - t0;
   try {
-    const fe = VirtioFsFrontend.open({ socketPath: d.socketPath, queueSize: 256, regions: [{ gpa: 0, size: 512 << 20 }], timeoutMs: 30000, viewReplies: true });
+    const fe = VirtioFsFrontend.open({ socketPath: d.socketPath, queueSize: 256, regions: [{ gpa: 0, size: 512 << 20 }], timeoutMs: 30000, viewReplies: true, countMismatches: true });
     const c = new FuseClient(fe);
     c.doInit();
     const big = c.lookup(F.ROOT_ID, 'big').nodeid;
@@ -366,7 +366,7 @@ function cell(s: Session, wl: Workload, depth: number, round: number): Result {
     run(s.c, s.d, wl, depth, Math.min(0.5, SECONDS / 4));
     const r = run(s.c, s.d, wl, depth, SECONDS);
     s.loaded = Math.max(s.loaded, rssKiB(s.d.pid));
-    console.error(`  round ${round} ${s.kind} ${wl.name} qd${depth}: ${(r.ops / r.seconds).toFixed(0)} ops/s, load generator CPU ${((100 * r.frontendUs) / 1e6 / r.seconds).toFixed(0)}%, kicks/op ${(r.kicks / r.ops).toFixed(2)}, interrupts/op ${(r.interrupts / r.ops).toFixed(2)}, missed interrupts ${s.c.fe.queues.map((q) => q.missedInterrupts).join('/')}`);
+    console.error(`  round ${round} ${s.kind} ${wl.name} qd${depth}: ${(r.ops / r.seconds).toFixed(0)} ops/s, load generator CPU ${((100 * r.frontendUs) / 1e6 / r.seconds).toFixed(0)}%, kicks/op ${(r.kicks / r.ops).toFixed(2)}, interrupts/op ${(r.interrupts / r.ops).toFixed(2)}, missed interrupts ${s.c.fe.queues.map((q) => q.missedInterrupts).join('/')}, replies with another request's unique so far ${s.c.fe.mismatchedReplies}`);
     return r;
   } catch (e) {
     console.error(`${s.kind} log (last lines):\n${s.d.log().split('\n').slice(-30).join('\n')}`);

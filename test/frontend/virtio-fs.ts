@@ -31,6 +31,8 @@ export interface FrontendOptions {
    * bench, where copying 1 MiB replies made the load generator the bottleneck).
    */
   viewReplies?: boolean;
+  /** Count replies that carry another request's unique (mismatchedReplies) instead of throwing (the bench). */
+  countMismatches?: boolean;
   /** Stop after the vhost-user handshake (no queues started) for protocol tests. */
   noQueues?: boolean;
   timeoutMs?: number;
@@ -83,6 +85,8 @@ export class VirtioFsFrontend {
   maxMemSlots = 0;
   /** Used elements whose head the frontend did not submit through enqueue(). */
   readonly stray: (Used & { queue: number })[] = [];
+  /** Replies whose unique was not their request's (counted instead of thrown with countMismatches). */
+  mismatchedReplies = 0;
   private readonly slotBytes: number;
   private readonly freeSlots: Slot[][] = [];
   private readonly pending: Map<number, Pending>[] = [];
@@ -270,7 +274,8 @@ export class VirtioFsFrontend {
     // A reply always names its request: another unique means the device completed a chain
     // twice or with another chain's reply (caught once as a bench CREATE with a 16-byte body).
     if (p.unique !== undefined && raw.length >= OUT_HEADER && header.unique !== p.unique) {
-      throw new Error(`queue ${queue}: the completion of head ${u.id} (len ${u.len}) carries unique ${header.unique}; the request on that chain had ${p.unique}`);
+      this.mismatchedReplies++;
+      if (this.opts.countMismatches !== true) throw new Error(`queue ${queue}: the completion of head ${u.id} (len ${u.len}) carries unique ${header.unique}; the request on that chain had ${p.unique}`);
     }
     return { tag: p.tag, reply: { header, body: raw.subarray(OUT_HEADER), usedLen: u.len } };
   }
