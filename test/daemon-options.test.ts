@@ -94,3 +94,73 @@ test('virtiofsd options vfs does not implement are refused saying so and what to
     t.regex(e?.message ?? '', re, extra.join(' '));
   }
 });
+
+// What libvirt 9.0 (Debian 12) passes: qemuVirtioFSBuildCommandLine builds `--fd=N -o
+// source=DIR[,cache=none|always][,sandbox=namespace|chroot][,xattr|no_xattr][,flock|no_flock]
+// [,posix_lock|no_posix_lock] [--thread-pool-size=N] [-d]`, the source path's commas doubled.
+const LIBVIRT_9_ACCEPTED: Array<[string, (cfg: ReturnType<typeof parseDaemonArgs>) => unknown, unknown]> = [
+  ['source=/srv', (c) => c.sharedDir, '/srv'],
+  ['source=/srv/a,,b,,,,c', (c) => c.sharedDir, '/srv/a,b,,c'],
+  ['source=/srv,cache=none', (c) => c.fs.cache, 'never'],
+  ['source=/srv,cache=always', (c) => c.fs.cache, 'always'],
+  ['source=/srv,cache=never', (c) => c.fs.cache, 'never'],
+  ['source=/srv,cache=metadata', (c) => c.fs.cache, 'metadata'],
+  ['source=/srv,cache=auto', (c) => c.fs.cache, 'auto'],
+  ['source=/srv,sandbox=namespace', (c) => c.sandbox, 'namespace'],
+  ['source=/srv,sandbox=chroot', (c) => c.sandbox, 'chroot'],
+  ['source=/srv,xattr', (c) => c.fs.xattr, true],
+  ['source=/srv,no_xattr', (c) => c.fs.xattr, false],
+  ['source=/srv,no_flock', (c) => [c.sharedDir, c.notes], ['/srv', []]],
+  ['source=/srv,no_posix_lock', (c) => [c.sharedDir, c.notes], ['/srv', []]],
+  ['source=/srv,cache=none,sandbox=chroot,no_xattr,no_flock,no_posix_lock', (c) => [c.fs.cache, c.sandbox, c.fs.xattr], ['never', 'chroot', false]],
+];
+
+for (const [list, get, want] of LIBVIRT_9_ACCEPTED) {
+  test(`libvirt 9.0 -o ${list}`, (t) => {
+    const cfg = parseDaemonArgs(['--fd=3', '-o', list]);
+    t.is(cfg.listenFd, 3);
+    t.deepEqual(get(cfg), want);
+  });
+}
+
+test('libvirt 9.0 separate arguments: --thread-pool-size=N and -d', (t) => {
+  const cfg = parseDaemonArgs(['--fd=7', '-o', 'source=/srv,cache=none', '--thread-pool-size=0', '-d']);
+  t.is(cfg.listenFd, 7);
+  t.is(cfg.threadPoolSize, 0);
+  t.is(cfg.logLevel, 'debug');
+  t.is(cfg.fs.cache, 'never');
+});
+
+test('-o posix_lock and -o flock are refused: remote locks are not offered', (t) => {
+  for (const key of ['posix_lock', 'flock']) {
+    const e = t.throws(() => parseDaemonArgs(['--fd=3', '-o', `source=/srv,${key}`]), { instanceOf: UsageError });
+    t.regex(e?.message ?? '', new RegExp(`^-o ${key}: remote locks are not offered .*<lock posix='off' flock='off'/>`));
+  }
+});
+
+test('other virtiofsd -o keys map to the long options', (t) => {
+  const cfg = parseDaemonArgs(['--fd=3', '-o', 'source=/srv,loglevel=err,allow_direct_io,no_killpriv_v2,no_posix_acl,writeback,announce_submounts,no_readdirplus']);
+  t.is(cfg.logLevel, 'error');
+  t.true(cfg.fs.allowDirectIo);
+  t.true(cfg.fs.writeback);
+  t.true(cfg.fs.announceSubmounts);
+  t.false(cfg.fs.readdirplus);
+  t.is(parseDaemonArgs(['--fd=3', '-o', 'source=/srv,debug']).logLevel, 'debug');
+  t.is(parseDaemonArgs(['--fd=3', '-o', 'source=/srv,modcaps=+sys_admin']).modcaps, '+sys_admin');
+  t.regex(parseDaemonArgs(['--fd=3', '-o', 'source=/srv,killpriv_v2']).notes.join('\n'), /--killpriv-v2: /);
+});
+
+test('bad -o values are refused naming the key and the accepted values', (t) => {
+  const cases: Array<[string, RegExp]> = [
+    ['source=/srv,cache=sometimes', /^-o cache=sometimes: not one of none \(= never\), metadata, auto, always$/],
+    ['source=/srv,loglevel=loud', /^-o loglevel=loud: not one of debug, info, warn, err$/],
+    ['source=/srv,sandbox=jail', /^--sandbox: 'jail' is not one of namespace\|chroot\|none$/],
+    ['source=/srv,posix_acl', /^--posix-acl: a virtiofsd option vfs does not support/],
+    ['source=/srv,xattrmap=:map::user.x.:', /^--xattrmap: a virtiofsd option vfs does not support/],
+    ['source=/srv,cache=none,cache=always', /^--cache: given twice with different values \('never' and 'always'\)/],
+  ];
+  for (const [list, re] of cases) {
+    const e = t.throws(() => parseDaemonArgs(['--fd=3', '-o', list]), { instanceOf: UsageError }, list);
+    t.regex(e?.message ?? '', re, list);
+  }
+});

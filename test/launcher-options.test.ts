@@ -70,6 +70,9 @@ const CASES: Case[] = [
   { name: 'fd not open', argv: (d) => ['--shared-dir', `${d}/share`, '--fd=97'], message: /^vfs-launch: --fd: 97 is not an open file descriptor; pass the fd of a listening unix socket the caller opened$/ },
   { name: 'fd not a number', argv: (d) => ['--shared-dir', `${d}/share`, '--fd', 'three'], message: /^vfs-launch: --fd: expects a non-negative integer, got 'three'$/ },
   { name: 'rlimit above nr_open', argv: (d) => ['--shared-dir', `${d}/share`, '--rlimit-nofile', '999999999', '--socket-path', `${d}/sock-dir/s`], message: /^vfs-launch: --rlimit-nofile: 999999999 is above fs\.nr_open \(\d+\); give at most \d+, or 0 to leave the limit unchanged$/ },
+  { name: '-o posix_lock (libvirt <lock posix=\'on\'/>)', argv: (d) => ['-o', `source=${d}/share,cache=none,posix_lock`, '--socket-path', `${d}/sock-dir/s`], message: /^vfs-launch: -o posix_lock: remote locks are not offered .*; remove it \(libvirt: <lock posix='off' flock='off'\/> or no <lock> element\), as virtiofsd also refuses it$/ },
+  { name: '-o flock (libvirt <lock flock=\'on\'/>)', argv: (d) => ['-o', `source=${d}/share,flock`, '--socket-path', `${d}/sock-dir/s`], message: /^vfs-launch: -o flock: remote locks are not offered / },
+  { name: 'unknown -o cache value', argv: (d) => ['-o', `source=${d}/share,cache=sometimes`, '--socket-path', `${d}/sock-dir/s`], message: /^vfs-launch: -o cache=sometimes: not one of none \(= never\), metadata, auto, always$/ },
   { name: 'unknown -o key', argv: (d) => ['-o', `source=${d}/share,turbo`, '--socket-path', `${d}/sock-dir/s`], message: /^vfs-launch: -o turbo: unknown option; known: / },
   { name: 'mountpoint missing', argv: (d) => ['--shared-dir', `${d}/share`, '--sandbox', 'none', '--mountpoint', `${d}/mnt`], message: /^vfs-launch: --mountpoint: '.*\/mnt' does not exist; create the directory first$/ },
   { name: 'mountpoint is a file', argv: (d) => ['--shared-dir', `${d}/share`, '--mountpoint', `${d}/afile`], message: /^vfs-launch: --mountpoint: '.*afile' is not a directory; give a directory to mount on$/ },
@@ -170,6 +173,10 @@ test('libvirt form: --fd=N, -o source=...,cache=...,sandbox=...,xattr, --thread-
   t.true(plan.config.fs.xattr);
   const noXattr = await planLaunch([`--fd=${fd}`, '-o', `source=${d},no_xattr,sandbox=none`, '--seccomp=none']);
   t.false(noXattr.config.fs.xattr);
+  // libvirt 9.0's <cache mode='none'/> and <lock posix='off' flock='off'/>.
+  const libvirt9 = await planLaunch([`--fd=${fd}`, '-o', `source=${d},cache=none,no_flock,no_posix_lock`, '--thread-pool-size=1', '--seccomp=none']);
+  t.is(libvirt9.config.fs.cache, 'never');
+  t.is(libvirt9.config.sharedDir, d);
 });
 
 test('--mountpoint is the launcher\'s: the daemon gets --fuse-fd 3 instead', async (t) => {

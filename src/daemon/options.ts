@@ -135,16 +135,50 @@ function unknownOption(rawName: string): UsageError {
   return new UsageError(`--${rawName}: unknown option; run with --help for the list`);
 }
 
-/** Legacy `-o key[=value],...` (virtiofsd's C-era syntax that libvirt may still pass). */
+/**
+ * Splits a `-o` list into its items. A doubled comma is a literal comma inside an item:
+ * libvirt escapes the source path that way (QEMU's convention), so `source=/a,,b` is `/a,b`.
+ */
+function splitLegacyList(list: string): string[] {
+  const items: string[] = [];
+  let cur = '';
+  for (let i = 0; i < list.length; i++) {
+    if (list[i] !== ',') { cur += list[i]; continue; }
+    if (list[i + 1] === ',') { cur += ','; i++; continue; }
+    items.push(cur);
+    cur = '';
+  }
+  items.push(cur);
+  return items.filter((item) => item !== '');
+}
+
+/** `-o cache=` values: virtiofsd's -o spelling `none` and our own names. */
+const LEGACY_CACHE: Readonly<Record<string, CachePolicy>> = { none: 'never', never: 'never', metadata: 'metadata', auto: 'auto', always: 'always' };
+/** virtiofsd's `-o loglevel=` values (its `err` is our `error`). */
+const LEGACY_LOGLEVEL: Readonly<Record<string, string>> = { debug: 'debug', info: 'info', warn: 'warn', err: 'error' };
+
+/** Why `-o posix_lock` / `-o flock` are refused: the guest would believe its locks are shared. */
+const REMOTE_LOCKS_REFUSED = 'remote locks are not offered (vfs does not offer POSIX_LOCKS or FLOCK_LOCKS, so the guest kernel keeps its locks local to the guest, '
+  + 'invisible to the host and to other guests); remove it (libvirt: <lock posix=\'off\' flock=\'off\'/> or no <lock> element), as virtiofsd also refuses it';
+
+/**
+ * Legacy `-o key[=value],...`: virtiofsd's C-era syntax, which libvirt up to 9.x passes
+ * (`-o source=DIR[,cache=none|always][,sandbox=namespace|chroot][,xattr|no_xattr]
+ * [,flock|no_flock][,posix_lock|no_posix_lock]`). Keys and values as the Rust virtiofsd takes them.
+ */
 function applyLegacy(cfg: DaemonConfig, list: string, seen: Map<string, string>, set: (name: string, v: string) => void): void {
-  for (const item of list.split(',')) {
-    if (item === '') continue;
+  for (const item of splitLegacyList(list)) {
     const eq = item.indexOf('=');
     const key = eq < 0 ? item : item.slice(0, eq);
     const val = eq < 0 ? '' : item.slice(eq + 1);
     switch (key) {
       case 'source': set('shared-dir', val); break;
-      case 'cache': set('cache', val); break;
+      case 'cache': {
+        const policy = LEGACY_CACHE[val];
+        if (policy === undefined) throw new UsageError(`-o cache=${val}: not one of none (= never), metadata, auto, always`);
+        set('cache', policy);
+        break;
+      }
       case 'sandbox': set('sandbox', val); break;
       case 'xattr': set('xattr', ''); break;
       case 'no_xattr': seen.set('xattr', 'off'); cfg.fs.xattr = false; break;
@@ -153,9 +187,27 @@ function applyLegacy(cfg: DaemonConfig, list: string, seen: Map<string, string>,
       case 'announce_submounts': set('announce-submounts', ''); break;
       case 'readdirplus': cfg.fs.readdirplus = true; break;
       case 'no_readdirplus': set('no-readdirplus', ''); break;
+      case 'allow_direct_io': set('allow-direct-io', ''); break;
+      case 'no_allow_direct_io': cfg.fs.allowDirectIo = false; break;
+      case 'killpriv_v2': set('killpriv-v2', ''); break;
+      case 'no_killpriv_v2': set('no-killpriv-v2', ''); break;
+      case 'no_posix_acl': set('no-posix-acl', ''); break;
+      case 'posix_acl': case 'security_label': case 'xattrmap': set(key.replace(/_/g, '-'), val); break; // refused, saying why
+      case 'modcaps': set('modcaps', val); break;
       case 'log_level': set('log-level', val); break;
+      case 'loglevel': {
+        const level = LEGACY_LOGLEVEL[val];
+        if (level === undefined) throw new UsageError(`-o loglevel=${val}: not one of debug, info, warn, err`);
+        set('log-level', level);
+        break;
+      }
+      case 'debug': set('log-level', 'debug'); break;
+      // Neither lock kind is offered to the guest, so turning them off changes nothing.
+      case 'no_posix_lock': case 'no_flock': break;
+      case 'posix_lock': case 'flock':
+        throw new UsageError(`-o ${key}: ${REMOTE_LOCKS_REFUSED}`);
       default:
-        throw new UsageError(`-o ${key}: unknown option; known: source=, cache=, sandbox=, xattr, no_xattr, writeback, announce_submounts, no_readdirplus, log_level=`);
+        throw new UsageError(`-o ${key}: unknown option; known: source=, cache=none|never|metadata|auto|always, sandbox=, xattr, no_xattr, no_flock, no_posix_lock, writeback, announce_submounts, no_readdirplus, allow_direct_io, killpriv_v2, modcaps=, loglevel=, log_level=`);
     }
   }
 }
