@@ -1,0 +1,129 @@
+// The stateful hostile-guest fuzz (test/fuzz/stateful-fuzzer.ts, the generator and reply
+// model of test/fs-fuzz-stateful.test.ts) against the daemon as users run it: started by
+// vfs-launch with `--sandbox namespace --seccomp kill`, the requests carried by our
+// vhost-user frontend (memfd guest memory, eventfds, split rings). The in-process run cannot
+// see a syscall the seccomp policy lacks; this one dies of it. Checked: the daemon lives
+// through every request (a death names the seed, the request and the launcher's account,
+// which names the syscall), each request that needs a reply gets one well-formed reply
+// with its unique, the daemon's open fds (counted from outside) follow the guest's lookups
+// and handles and are back once it lets go of all, nothing beside the share changes, and the
+// session still serves. VFS_FUZZ_SEED replays a run; VFS_FUZZ_REQUESTS changes its length.
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  Attr, CreateIn, ENTRY_OUT_SIZE, EntryOutHead, ForgetIn, GetattrIn, InitIn, Op, OpenOut, OutHeader, ReadIn,
+  ReleaseIn, WriteIn, WriteOut,
+} from '../src/fs/fuse-abi.js';
+import { HIPRIO, VirtioFsFrontend } from './frontend/virtio-fs.js';
+import { cstr, request, struct } from './fs-helpers.js';
+import { seedFromEnv } from './fuzz/prng.js';
+import { DaemonDied, OneByOne, lastWords, launchSandboxed } from './fuzz/sandboxed-daemon.js';
+import { S_IFREG, StatefulFuzzer, makeFuzzShare, snapshot } from './fuzz/stateful-fuzzer.js';
+
+const REQUESTS = Number(process.env.VFS_FUZZ_REQUESTS ?? 20000);
+const FORGETS = new Set<number>([Op.FORGET, Op.BATCH_FORGET]);
+
+test('stateful fuzz through vhost-user into the sandboxed daemon (--seccomp kill): it lives, replies, keeps its fds and the host', async (t) => {
+  t.timeout(5 * 60_000);
+  if (process.geteuid?.() !== 0) {
+    t.fail('needs root: the callers 0/1000/65534 are real credential switches in the daemon');
+    return;
+  }
+  const seed = seedFromEnv() ?? (Date.now() ^ (process.pid << 16)) >>> 0;
+  t.log(`seed ${seed} (replay: VFS_FUZZ_SEED=${seed} npx ava test/fuzz-vhost-stateful.test.ts)`);
+  const w = makeFuzzShare();
+  t.teardown(() => fs.rmSync(w.parent, { recursive: true, force: true }));
+  const before = snapshot(w.parent);
+  const d = await launchSandboxed(w.share, ['--xattr']);
+  t.teardown(async () => {
+    await d.stop();
+    d.cleanup();
+  });
+  const fe = VirtioFsFrontend.open({ socketPath: d.sock });
+  let closed = false;
+  t.teardown(() => {
+    if (!closed) fe.close();
+  });
+  const io = new OneByOne(fe, d);
+  const call = (op: number, parts: Buffer[], nodeid: bigint | number = 1): { error: number; body: Buffer } => {
+    const r = io.call([request(op, parts, { nodeid })], [OutHeader.size, 256 * 1024]);
+    if (r === undefined) throw new Error(`${op}: no reply`);
+    return { error: r.header.error, body: r.body };
+  };
+  const ok = (op: number, parts: Buffer[], nodeid: bigint | number = 1): Buffer => {
+    const a = call(op, parts, nodeid);
+    if (a.error !== 0) throw new Error(`opcode ${op} failed: ${a.error}`);
+    return a.body;
+  };
+  const init = (): void => {
+    ok(Op.INIT, [struct(InitIn, { major: 7, minor: 38, maxReadahead: 131072, flags: 0xffffffff })], 0);
+  };
+  init();
+  const baseFds = d.fdCount();
+
+  const fz = new StatefulFuzzer(seed, w);
+  const started = Date.now();
+  let died: DaemonDied | undefined;
+  for (let i = 0; i < REQUESTS && fz.failures.length === 0; i++) {
+    fz.run(i, (readable, writable, op) => {
+      try {
+        return io.serve(readable, writable, op, FORGETS);
+      } catch (err) {
+        if (err instanceof DaemonDied) died = err;
+        throw err;
+      }
+    });
+    if (i % 250 === 249 && fz.initialized && fz.failures.length === 0) {
+      const held = d.fdCount() - baseFds;
+      if (held !== fz.expectedFds()) {
+        fz.fail(`#after ${i}: the daemon holds ${held} fds more than after INIT, the guest ${fz.expectedFds()} ` +
+          `(${fz.liveNodes.size} nodes, ${fz.liveFh.size} handles)`);
+      }
+    }
+  }
+  const storm = Date.now() - started;
+  if (fz.failures.length > 0) {
+    t.log(`seed ${seed}; last requests:\n  ${fz.history.join('\n  ')}`);
+    if (died !== undefined || !d.alive()) t.log(`daemon: ${await lastWords(d)}`);
+  }
+  t.deepEqual(fz.failures, [], `seed ${seed}: invariants held during the storm`);
+  if (fz.failures.length > 0) return;
+  t.true(d.alive(), 'the daemon is alive after the storm');
+  t.log(`${REQUESTS} requests in ${storm} ms (${Math.round(REQUESTS / (storm / 1000))}/s)`);
+
+  t.deepEqual(snapshot(w.parent), before, 'the share\'s parent and its sentinels are unchanged');
+
+  // The session still serves.
+  if (!fz.initialized) {
+    init();
+    fz.initialized = true;
+  }
+  const fresh = `fresh-${seed}`;
+  t.is(call(Op.LOOKUP, [cstr(fresh)]).error, -2, 'a new name is not there yet');
+  const c = ok(Op.CREATE, [struct(CreateIn, { flags: 2, mode: 0o100644, umask: 0 }), cstr(fresh)]);
+  const node = EntryOutHead.decode(c, 0).nodeid;
+  const fh = OpenOut.decode(c, ENTRY_OUT_SIZE).fh;
+  fz.addRef(Number(node), S_IFREG);
+  const data = Buffer.from(`written after the storm, seed ${seed}\n`);
+  t.is(WriteOut.decode(ok(Op.WRITE, [struct(WriteIn, { fh, offset: 0n, size: data.length }), data], node), 0).size, data.length);
+  t.deepEqual(ok(Op.READ, [struct(ReadIn, { fh, offset: 0n, size: 4096 })], node), data, 'reads back what was written');
+  t.is(Attr.decode(ok(Op.GETATTR, [struct(GetattrIn, {})], node), 16).size, BigInt(data.length));
+  ok(Op.RELEASE, [struct(ReleaseIn, { fh })], node);
+  t.is(fs.readFileSync(path.join(w.share, fresh), 'utf8'), data.toString());
+
+  // Let go of everything: the daemon is back to the fds it had after INIT.
+  for (const f of fz.liveFh.values()) call(Op.RELEASE, [struct(ReleaseIn, { fh: BigInt(f) })], fz.fhNode.get(f) ?? 1n);
+  for (const n of fz.liveNodes.values()) {
+    io.call([request(Op.FORGET, [struct(ForgetIn, { nlookup: BigInt(fz.refs.get(n) ?? 0) })], { nodeid: n })], [], HIPRIO);
+  }
+  // Each FORGET was waited for (its chain came back), so the daemon has served them all.
+  t.is(d.fdCount(), baseFds, `the daemon's fds once the guest let go of all (${fz.liveNodes.size} nodes, ${fz.liveFh.size} handles released)`);
+  t.is(call(Op.DESTROY, [], 0).error, 0);
+  t.true(d.alive());
+  fe.close();
+  closed = true;
+  const answers = [...fz.errnos.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k}: ${v}`).join(', ');
+  t.log(`answers: ${answers}`);
+  t.is(await d.stop(), 0, `the launcher exits 0 after SIGTERM:\n${d.log().slice(-2000)}`);
+});
