@@ -18,6 +18,7 @@ import { PolicyError, formatIssue } from '../sandbox/seccomp/policy.js';
 import { diffPolicies, formatDiff } from '../sandbox/seccomp/policy-diff.js';
 import type { Policy } from '../sandbox/seccomp/policy-types.js';
 import { recordCommand, recordingToPolicy } from '../sandbox/seccomp/record.js';
+import { formatCoverage, missingArches, syscallCoverage } from '../sandbox/seccomp/coverage.js';
 import { fileWorkload, waitForFuseMount } from '../sandbox/seccomp/record-workload.js';
 
 const MODES: readonly FilterMode[] = ['kill', 'log', 'trap'];
@@ -279,7 +280,48 @@ export class PolicyRecordCommand extends PolicyCommand {
   }
 }
 
+export class PolicyCoverageCommand extends PolicyCommand {
+  static override paths = [['policy', 'coverage']];
+  static override usage = Command.Usage({
+    category: 'Policy audit',
+    description: 'check that the policy allows every syscall the daemon can make after its filter is installed',
+    details: `
+      Walks the binding table (src/sys/syscall-map.ts): every FFI binding and node:fs call that runs after the
+      seccomp filter, with the syscalls glibc issues for it on x86_64 and aarch64. Each syscall is decided by the
+      policy's rules and by the compiled filter (emulated); the table names the rule that allows it. Exit code 1
+      when any serving binding would be killed, refused, or allowed only for arguments it does not fix.
+      Without FILE: the daemon's own policies (node-runtime.json and file-server.json, merged).
+    `,
+    examples: [['the daemon\'s policies', '$0 policy coverage'], ['only failures, one arch', '$0 policy coverage --arch aarch64 --failures']],
+  });
+
+  arch = Option.String('--arch', { description: 'x86_64 or aarch64 (default: both)' });
+  failures = Option.Boolean('--failures', false, { description: 'print only the rows that fail' });
+  file = Option.String({ name: 'FILE[,FILE...]', required: false });
+
+  async execute(): Promise<number> {
+    const arches = this.arch === undefined ? undefined : [archOption(this.arch)];
+    const p = this.load(this.file === undefined ? [] : fileList(this.file));
+    if (p === undefined) return 1;
+    const rows = syscallCoverage(p, arches);
+    const bad = rows.filter((r) => !r.ok);
+    this.context.stdout.write(formatCoverage(this.failures ? bad : rows).join('\n') + '\n');
+    let code = bad.length > 0 ? 1 : 0;
+    for (const a of arches ?? missingArches(p)) {
+      if (!p.architectures.includes(a)) {
+        this.context.stderr.write(`${p.files.join(', ')}: architectures does not list ${a}; the daemon runs there too\n`);
+        code = 1;
+      }
+    }
+    const bindings = new Set(rows.map((r) => r.binding)).size;
+    this.context.stderr.write(`${rows.length} syscall uses of ${bindings} serving bindings checked against ${p.files.join(', ')}: ` +
+      `${bad.length === 0 ? 'all allowed' : `${bad.length} not covered`}\n`);
+    return code;
+  }
+}
+
 /** For the launcher's CLI: `for (const c of policyCommands) cli.register(c)`. */
 export const policyCommands = [
   PolicyCheckCommand, PolicyCompileCommand, PolicyDumpCommand, PolicyExplainCommand, PolicyDiffCommand, PolicyRecordCommand,
+  PolicyCoverageCommand,
 ];

@@ -274,3 +274,31 @@ export function removexattrAt(dirfd: number, path: CStr, atFlags: number, name: 
   const r = Number(syscall6(SYS_REMOVEXATTRAT, dirfd, addr(cstrArg(path)), atFlags, addr(cstrArg(name)), 0, 0));
   return r < 0 ? errno() : r;
 }
+
+// ---- file handles (--inode-file-handles=prefer|mandatory) ----
+
+const nameToHandleAtRaw = libc.func('int name_to_handle_at(int dirfd, const char *path, void *handle, _Out_ int *mountId, int flags)');
+const openByHandleAtRaw = libc.func('int open_by_handle_at(int mountFd, void *handle, int flags)');
+
+/** struct file_handle: u32 handle_bytes, i32 handle_type, then the bytes (MAX_HANDLE_SZ 128). */
+export const FILE_HANDLE = { bytes: 0, type: 4, data: 8, maxData: 128 } as const;
+const handleScratch = Buffer.alloc(FILE_HANDLE.data + FILE_HANDLE.maxData);
+const mountIdOut = [0];
+
+/**
+ * The file handle of `path` in `dirfd` (AT_EMPTY_PATH with ""), as a fresh Buffer
+ * holding a struct file_handle of its exact size, or -errno (EOPNOTSUPP: the file
+ * system has none).
+ */
+export function nameToHandleAt(dirfd: number, path: CStr, flags: number): Buffer | number {
+  handleScratch.writeUInt32LE(FILE_HANDLE.maxData, FILE_HANDLE.bytes);
+  if (nameToHandleAtRaw(dirfd, path, handleScratch, mountIdOut, flags) < 0) return errno();
+  const n = handleScratch.readUInt32LE(FILE_HANDLE.bytes);
+  return Buffer.from(handleScratch.subarray(0, FILE_HANDLE.data + Math.min(n, FILE_HANDLE.maxData)));
+}
+
+/** Open the inode a handle names, on the file system of `mountFd`; needs CAP_DAC_READ_SEARCH. */
+export function openByHandleAt(mountFd: number, handle: Buffer, flags: number): number {
+  const r = openByHandleAtRaw(mountFd, handle, flags);
+  return r < 0 ? errno() : r;
+}
