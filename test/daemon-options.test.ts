@@ -70,10 +70,12 @@ test('virtiofsd options with an equivalent here are accepted, with a note where 
   const plain = parseDaemonArgs([...base, '--inode-file-handles=never', '--no-killpriv-v2', '--no-posix-acl']);
   t.deepEqual(plain.notes, []);
   t.false(plain.fs.preserveNoatime);
+  t.is(plain.fs.inodeFileHandles, 'never');
   const noted = parseDaemonArgs([...base, '--inode-file-handles', 'prefer', '--killpriv-v2', '--preserve-noatime']);
   t.true(noted.fs.preserveNoatime);
-  t.is(noted.notes.length, 2);
-  t.regex(noted.notes.join('\n'), /--inode-file-handles=prefer: .*O_PATH/);
+  t.is(noted.fs.inodeFileHandles, 'prefer');
+  t.is(parseDaemonArgs([...base, '--inode-file-handles=mandatory']).fs.inodeFileHandles, 'mandatory');
+  t.is(noted.notes.length, 1);
   t.regex(noted.notes.join('\n'), /--killpriv-v2: .*clears setuid/);
 });
 
@@ -86,7 +88,7 @@ test('virtiofsd options vfs does not implement are refused saying so and what to
     [['--allow-mmap'], /^--allow-mmap: a virtiofsd option vfs does not support/],
     [['--translate-uid', 'map:1000:0:1'], /^--translate-uid: .*--uid-map/],
     [['--migration-mode=find-paths'], /^--migration-mode: .*migration is not supported/],
-    [['--inode-file-handles=mandatory'], /^--inode-file-handles=mandatory: not supported.*use never/],
+    [['--inode-file-handles=always'], /^--inode-file-handles: 'always' is not one of never\|prefer\|mandatory/],
     [['--no-such-thing'], /^--no-such-thing: unknown option; run with --help/],
   ];
   for (const [extra, re] of cases) {

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { parseDaemonArgs, daemonHelp, UsageError } from './options.js';
 import type { DaemonConfig } from './options.js';
 import type { FromMain, ToMain, TransportSpec } from './worker-messages.js';
-import { logger, setLogLevel, setLogSink, useSyslog } from '../log.js';
+import { logger, setLogLevel, setLogSink, useSyslog, writeStderr } from '../log.js';
 import { connectSyslog, sendSyslog } from '../sys/syslog-calls.js';
 import { closeFd, eventfd, eventfdWrite, pipeCloexec } from '../sys/event-calls.js';
 import { listenUnix } from '../sys/socket-calls.js';
@@ -20,6 +20,8 @@ import { spawn } from 'node:child_process';
 import { enterSandbox, dropPrivileges, resolveCapabilities } from '../sandbox/index.js';
 import { prepareSeccomp, installSeccomp } from '../sandbox/seccomp/index.js';
 import { makeForbiddenSyscall } from './test-hooks.js';
+import { fileHandleProblem } from '../fs/file-handle-probe.js';
+import { RLIMIT_NOFILE, getrlimit } from '../sys/process-calls.js';
 import { capabilitiesDocument } from './capabilities.js';
 
 const log = logger('daemon');
@@ -115,6 +117,8 @@ async function run(argv: string[]): Promise<number> {
   process.on('SIGHUP', stop);
 
   const capabilities = resolveCapabilities(cfg.modcaps);
+  // open_by_handle_at needs CAP_DAC_READ_SEARCH (as virtiofsd, which adds it for handles).
+  if (cfg.fs.inodeFileHandles !== 'never' && !capabilities.includes('dac_read_search')) capabilities.push('dac_read_search');
   const seccomp = prepareSeccomp(cfg.seccomp, cfg.seccompPolicies);
   const transport = openTransport(cfg);
   if (cfg.mountpoint !== undefined) await startUnmountWatcher(cfg.mountpoint);
@@ -122,6 +126,19 @@ async function run(argv: string[]): Promise<number> {
 
   const sandbox = enterSandbox({ mode: cfg.sandbox, sharedDir: cfg.sharedDir });
   dropPrivileges({ rlimitNofile: cfg.rlimitNofile, capabilities });
+  // The inode table keeps its fds under this limit (src/fs/inodes.ts: the fd budget).
+  cfg.fs.fdLimit = Number(getrlimit(RLIMIT_NOFILE).soft);
+  if (cfg.fs.inodeFileHandles !== 'never') {
+    const problem = fileHandleProblem(sandbox.rootFd);
+    if (problem !== undefined && cfg.fs.inodeFileHandles === 'mandatory') {
+      throw new Error(`--inode-file-handles=mandatory: file handles cannot be used: ${problem}; use --inode-file-handles=never or prefer`);
+    }
+    if (problem !== undefined) {
+      log.warn(`--inode-file-handles=prefer: falling back to O_PATH fds: ${problem}`);
+      cfg.fs.inodeFileHandles = 'never';
+    }
+  }
+  log.info(`inodes: ${cfg.fs.inodeFileHandles === 'never' ? 'O_PATH fds' : 'file handles'}, RLIMIT_NOFILE ${cfg.fs.fdLimit}`);
   await request(worker, { type: 'drop-privileges', capabilities, logLevel: cfg.logLevel, syslogFd }, 'privileges-dropped');
   installSeccomp(seccomp);
   if (cfg.testForbiddenSyscall) makeForbiddenSyscall();
@@ -173,7 +190,8 @@ run(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
     if (err instanceof UsageError) {
-      process.stderr.write(`vfs-daemon: ${err.message}\n`);
+      // Not process.stderr: on a full non-blocking pipe it queues, and process.exit drops the queue.
+      writeStderr(`vfs-daemon: ${err.message}\n`);
       process.exit(2);
     }
     log.error(err instanceof Error ? err.message : String(err));

@@ -95,11 +95,9 @@ const OPTIONS: Record<string, OptionSpec> = {
   'gid-map': { kind: 'string', help: ':inner:outer:count:', apply: (c, v) => { c.gidMap = v; } },
   'preserve-noatime': { kind: 'flag', help: "keep the guest's O_NOATIME (stripped by default, as virtiofsd)", apply: on((c) => { c.fs.preserveNoatime = true; }) },
   'inode-file-handles': {
-    kind: 'string', values: ['never', 'prefer', 'mandatory'], help: 'never|prefer (inodes are always O_PATH fds)',
-    apply: (c, v) => {
-      if (v === 'mandatory') throw new UsageError('--inode-file-handles=mandatory: not supported, vfs keeps an O_PATH fd per inode; use never (or prefer, which falls back to fds)');
-      if (v === 'prefer') c.notes.push('--inode-file-handles=prefer: file handles are not used; inodes are O_PATH fds (as with never)');
-    },
+    kind: 'string', values: ['never', 'prefer', 'mandatory'],
+    help: 'never: O_PATH fds (default); prefer: file handles where the file system has them; mandatory: file handles or fail',
+    apply: (c, v) => { c.fs.inodeFileHandles = enumOf(['never', 'prefer', 'mandatory'] as const, v); },
   },
   'killpriv-v2': {
     kind: 'flag', help: 'accepted; HANDLE_KILLPRIV_V2 is not offered (the guest clears setuid/setgid itself)',

@@ -113,6 +113,10 @@ class FuseServer implements FuseSession {
     let result: number;
     try {
       s.reply.begin(writable);
+      // A new request: inodes the last one used may now give up their fds, and room is
+      // made for the (at most two) fds this one may open before it names any inode.
+      s.inodes.epoch++;
+      s.inodes.makeRoom(2);
       const problem = req.load(readable);
       if (problem !== null) {
         s.log.warn(`malformed ${opName.get(req.opcode) ?? `opcode ${req.opcode}`} request: ${problem}`);
@@ -218,8 +222,13 @@ class FuseServer implements FuseSession {
     this.initialized = false;
   }
 
+  inodeStats(): { inodes: number; fds: number; handles: number; evictions: number; reopens: number } {
+    const t = this.s.inodes;
+    return { inodes: t.size - 1, fds: t.fdCount - 1, handles: this.s.handles.size, evictions: t.evictions, reopens: t.reopens };
+  }
+
   get openFds(): number {
-    return this.s.handles.size + this.s.inodes.size - 1;
+    return this.s.handles.size + this.s.inodes.fdCount - 1;
   }
 }
 
@@ -230,6 +239,12 @@ class FuseServer implements FuseSession {
  */
 export function closeFuseServer(session: FuseSession): void {
   if (session instanceof FuseServer) session.release();
+}
+
+/** Inodes a session knows besides the root, and the fds it has given up and reopened (fd budget). */
+export function fuseServerInodeStats(session: FuseSession): { inodes: number; fds: number; handles: number; evictions: number; reopens: number } {
+  if (!(session instanceof FuseServer)) return { inodes: 0, fds: 0, handles: 0, evictions: 0, reopens: 0 };
+  return session.inodeStats();
 }
 
 /** Inode and handle fds a session holds (for leak checks in tests); 0 for other sessions. */

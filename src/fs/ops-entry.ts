@@ -209,6 +209,17 @@ function doRename(s: FsState, newdir: number, flags: number, fixed: number): num
   if (r < 0) return r;
   // RENAME_WHITEOUT creates a whiteout device node: the kernel wants CAP_MKNOD, which
   // we keep; the plain forms need no caller identity beyond what the client checked.
-  return renameat2(from.fd, nameA.buf, to.fd, nameB.buf, flags);
+  r = renameat2(from.fd, nameA.buf, to.fd, nameB.buf, flags);
+  if (r < 0) return r;
+  // Known inodes are found again by parent and name once their fds are evicted: follow them.
+  followRename(s, to, nameB.buf);
+  if (flags & RENAME_EXCHANGE) followRename(s, from, nameA.buf);
+  return 0;
+}
+
+function followRename(s: FsState, dir: Inode, name: Buffer): void {
+  if (statx(dir.fd, name, AT_SYMLINK_NOFOLLOW, STATX_MASK, s.stx) < 0) return;
+  const ino = s.inodes.find(s.stx);
+  if (ino !== undefined) s.inodes.moved(ino, dir, name);
 }
 

@@ -125,7 +125,7 @@ function createCommon(s: FsState, tmp: boolean): number {
     close(fd);
     return pfd;
   }
-  const ino = s.adopt(pfd);
+  const ino = tmp ? s.adopt(pfd) : s.adopt(pfd, parent, name);
   if (typeof ino === 'number') {
     close(fd);
     return ino;

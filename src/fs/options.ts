@@ -19,6 +19,10 @@ export interface FsOptions {
   allowDirectIo: boolean;
   /** --preserve-noatime: pass the guest's O_NOATIME on (virtiofsd strips it by default). */
   preserveNoatime: boolean;
+  /** --inode-file-handles: keep a file handle per inode instead of an O_PATH fd. */
+  inodeFileHandles: 'never' | 'prefer' | 'mandatory';
+  /** RLIMIT_NOFILE the daemon runs under (0: unknown); the fd budget is derived from it. */
+  fdLimit: number;
 }
 
 export const DEFAULT_FS_OPTIONS: FsOptions = {
@@ -30,4 +34,6 @@ export const DEFAULT_FS_OPTIONS: FsOptions = {
   readdirplus: true,
   allowDirectIo: false,
   preserveNoatime: false,
+  inodeFileHandles: 'never',
+  fdLimit: 0,
 };

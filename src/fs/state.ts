@@ -5,7 +5,7 @@
 import { constants as osConstants } from 'node:os';
 import {
   AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_CLOEXEC, O_NOFOLLOW, O_PATH, STATX_BASIC_STATS, STATX_MNT_ID,
-  STATX_SIZE, STX, S_IFDIR, close, openat, statx,
+  STATX_SIZE, STX, S_IFDIR, close, nameToHandleAt, openat, statx,
 } from '../sys/file-calls.js';
 import { setresgidThread, setresuidThread } from '../sys/cred-calls.js';
 import { SysError } from '../sys/libc.js';
@@ -69,9 +69,20 @@ export function writeAttr(stx: Buffer, out: Buffer, pos: number, flags: number):
   setU32(out, pos + A.flags, flags);
 }
 
+/**
+ * Fds the inode and handle tables may hold under RLIMIT_NOFILE `limit`: what is left after
+ * a reserve for everything else the daemon keeps open (Node's own fds, guest memory
+ * regions, eventfds, the sockets), as virtiofsd keeps one. 0: no limit known.
+ */
+export function fdBudget(limit: number): number {
+  if (!(limit > 0)) return 0;
+  const reserve = Math.min(1024, Math.max(64, Math.floor(limit / 4)));
+  return Math.max(16, limit - reserve);
+}
+
 export class FsState {
   readonly inodes: InodeTable;
-  readonly handles = new HandleTable();
+  readonly handles: HandleTable;
   readonly req: Request;
   readonly reply = new Reply();
   readonly stx = Buffer.alloc(STATX_SIZE);
@@ -80,6 +91,8 @@ export class FsState {
   /** Negotiated at INIT. */
   submounts = false;
   writeback = false;
+  /** --inode-file-handles=prefer|mandatory: new inodes keep a file handle, not an fd. */
+  private readonly useHandles: boolean;
   private readonly euid = process.geteuid?.() ?? 0;
   private readonly egid = process.getegid?.() ?? 0;
 
@@ -88,8 +101,10 @@ export class FsState {
     const r = statx(rootFd, EMPTY_NAME, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MASK, this.stx);
     if (r < 0) throw new SysError('statx', -r, 'shared directory (rootFd)');
     if ((u16(this.stx, STX.mode) & 0o170000) !== S_IFDIR) throw new SysError('statx', E.ENOTDIR, 'shared directory (rootFd)');
-    this.inodes = new InodeTable(rootFd, this.stx);
+    this.inodes = new InodeTable(rootFd, this.stx, { maxFds: fdBudget(opts.fdLimit), mountFd: rootFd });
+    this.handles = new HandleTable(this.inodes);
     this.timeouts = timeoutsFor(opts.cache);
+    this.useHandles = opts.inodeFileHandles !== 'never';
   }
 
   /** statx of an inode itself (never following it) into `this.stx`. */
@@ -143,13 +158,24 @@ export class FsState {
       ino.refs++;
       return ino;
     }
+    if (this.useHandles && u32(this.stx, STX.mntId) + u32(this.stx, STX.mntId + 4) * 0x100000000 === this.inodes.root.mntId) {
+      // No fd at all: the handle finds the inode again when a request needs it. (Between
+      // the statx and this call the name may have changed hands; the reopen checks the key.)
+      const handle = nameToHandleAt(dirFd, name, 0);
+      if (typeof handle !== 'number') return this.inodes.insert(-1, this.stx, parent, name, handle);
+      if (this.opts.inodeFileHandles === 'mandatory') return handle;
+    }
     const fd = openat(dirFd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return fd;
-    return this.adopt(fd);
+    return this.adopt(fd, parent, name);
   }
 
-  /** Make an inode of a fresh O_PATH fd (closing it when the inode is already known). */
-  adopt(fd: number): Inode | number {
+  /**
+   * Make an inode of a fresh O_PATH fd (closing it when the inode is already known),
+   * found as `name` in `parent` (both null when it has no name to be found by again:
+   * a ".." lookup or an O_TMPFILE file keeps its fd for good).
+   */
+  adopt(fd: number, parent: Inode | null = null, name: Buffer | null = null): Inode | number {
     const r = statx(fd, EMPTY_NAME, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MASK, this.stx);
     if (r < 0) {
       close(fd);
@@ -161,7 +187,7 @@ export class FsState {
       ino.refs++;
       return ino;
     }
-    return this.inodes.insert(fd, this.stx);
+    return this.inodes.insert(fd, this.stx, parent, name, null);
   }
 
   /**
