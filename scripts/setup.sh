@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for pkg in util-linux uidmap passwd qemu-system-x86 linux-image-amd64 busybox-static cpio attr strace fuse3 python3 bubblewrap; do
+# libvirt-daemon (libvirtd, virtlogd), libvirt-daemon-driver-qemu and libvirt-clients (virsh):
+# the smallest set that runs a libvirt-managed guest with vfs-launch as its virtiofsd
+# (test/e2e/libvirt.test.ts starts its own libvirtd; libvirt-daemon-system is not needed).
+for pkg in util-linux uidmap passwd qemu-system-x86 linux-image-amd64 busybox-static cpio attr strace fuse3 python3 bubblewrap \
+           libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients; do
   have "$pkg" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
