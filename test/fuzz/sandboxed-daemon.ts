@@ -17,6 +17,8 @@ export class DaemonDied extends Error {
   constructor(readonly pid: number, readonly lastWords: string) {
     super(`the sandboxed daemon (pid ${pid}) died: ${lastWords}`);
     this.name = 'DaemonDied';
+    // Where the test noticed says nothing about why the daemon died: the message is all.
+    this.stack = `${this.name}: ${this.message}`;
   }
 }
 
@@ -24,6 +26,7 @@ export class DaemonHung extends Error {
   constructor(readonly pid: number, readonly ms: number) {
     super(`the sandboxed daemon (pid ${pid}) gave no completion within ${ms} ms`);
     this.name = 'DaemonHung';
+    this.stack = `${this.name}: ${this.message}`;
   }
 }
 
