@@ -1,6 +1,11 @@
 // Process-wide logger: levelled lines on stderr (or syslog through logger(1)'s socket
 // when asked), one line per event, prefixed with the component. Kept tiny and
 // allocation-light because the device loop logs rejected guest requests from the hot path.
+// Every line is written before the logging call returns, by the thread that logs it
+// (src/sys/log-calls.ts says why not process.stderr): a line logged is a line in the sink,
+// in order, even when the process exits right after.
+import { writeText } from './sys/log-calls.js';
+
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace';
 
 const ORDER: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3, trace: 4 };
@@ -8,7 +13,14 @@ const ORDER: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3, 
 export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug', 'trace'];
 
 let threshold = ORDER.info;
-let sink: (line: string) => void = (line) => process.stderr.write(line + '\n');
+const STDERR_FD = 2;
+
+/** Write `text` to fd 2 now, from this thread (see src/sys/log-calls.ts); for messages outside the logger. */
+export function writeStderr(text: string): void {
+  writeText(STDERR_FD, text);
+}
+
+let sink: (line: string) => void = (line) => writeText(STDERR_FD, line + '\n');
 
 export function setLogLevel(level: LogLevel): void {
   threshold = ORDER[level];

@@ -163,8 +163,15 @@ bind('socket-calls', 'connectUnix', 'setup', ['socket', 'connect'], 'the test fr
 
 // syslog-calls: --syslog.
 bind('syslog-calls', 'connectSyslog', 'setup', ['socket', 'connect'], 'connected to /dev/log before the sandbox');
-bind('syslog-calls', 'sendSyslog', 'serving', [{ name: 'sendto', args: [undefined, undefined, undefined, undefined, 0n, 0n] }],
-  'glibc send() is sendto(fd, buf, len, flags, NULL, 0)');
+bindArch('syslog-calls', 'sendSyslog', 'serving',
+  [{ name: 'sendto', args: [undefined, undefined, undefined, undefined, 0n, 0n] }, 'poll'],
+  [{ name: 'sendto', args: [undefined, undefined, undefined, undefined, 0n, 0n] }, 'ppoll'],
+  'glibc send() is sendto(fd, buf, len, flags, NULL, 0); poll (ppoll on aarch64) only if the socket says EAGAIN');
+
+// log-calls: every log line, written by the thread that logs it (src/log.ts), on either thread.
+bind('log-calls', 'writeFully', 'serving', 'write', 'and waitWritable after EAGAIN');
+bindArch('log-calls', 'waitWritable', 'serving', 'poll', 'ppoll', 'a full non-blocking stderr pipe; aarch64 has no poll syscall');
+bindArch('log-calls', 'writeText', 'serving', ['write', 'poll'], ['write', 'ppoll'], 'writeFully of the encoded line');
 
 // node:fs calls made by modules that run after the filter (libuv 1.46 in Node 20).
 bind('node:fs', 'readvSync', 'serving', ['preadv', 'pread64'], 'libuv: one buffer at a position -> pread64, several -> preadv');

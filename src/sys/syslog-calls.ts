@@ -1,7 +1,9 @@
 // A datagram connection to the local syslog socket (/dev/log), for --syslog. It is
 // opened before the sandbox (the socket lives outside the shared dir) and then only
 // written to with send(2); node:dgram has no unix-domain datagram sockets.
+import { constants as osConstants } from 'node:os';
 import { libc, check, lastErrno, SysError } from './libc.js';
+import { waitWritable } from './log-calls.js';
 
 const socketRaw = libc.func('int socket(int domain, int type, int protocol)');
 const connectRaw = libc.func('int connect(int fd, const void *addr, unsigned int len)');
@@ -11,7 +13,8 @@ const closeRaw = libc.func('int close(int fd)');
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;
 const SOCK_CLOEXEC = 0o2000000;
-const MSG_DONTWAIT = 0x40;
+const EAGAIN = osConstants.errno.EAGAIN;
+const EINTR = osConstants.errno.EINTR;
 const SUN_PATH_OFFSET = 2;
 const SOCKADDR_UN_SIZE = 110;
 
@@ -35,7 +38,18 @@ export function connectSyslog(path = SYSLOG_PATH): number {
   return fd;
 }
 
-/** Send one datagram; a full or vanished syslog never blocks or stops the daemon. */
+/**
+ * Send one datagram, waiting while the receiver's queue is full (as glibc's syslog(3)
+ * does) so that no line is lost to a busy syslog; the socket is blocking, EAGAIN is
+ * handled in case it is not. A vanished syslog (ECONNREFUSED, ...) drops the line and
+ * never stops the daemon: after the sandbox there is no /dev/log to reconnect to.
+ */
 export function sendSyslog(fd: number, message: Buffer): boolean {
-  return Number(sendRaw(fd, message, message.length, MSG_DONTWAIT)) >= 0;
+  for (;;) {
+    if (Number(sendRaw(fd, message, message.length, 0)) >= 0) return true;
+    const e = lastErrno();
+    if (e === EINTR) continue;
+    if (e === EAGAIN && waitWritable(fd)) continue;
+    return false;
+  }
 }
