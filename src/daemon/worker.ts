@@ -13,6 +13,7 @@ import { runFuseDeviceLoop } from '../fuse-dev/fuse-loop.js';
 import { dropPrivileges } from '../sandbox/index.js';
 import { setLogLevel, setLogSink, useSyslog, logger } from '../log.js';
 import { sendSyslog } from '../sys/syslog-calls.js';
+import { sigbusGuard, lastGuardError } from '../sys/sigbus-guard.js';
 import type { FromMain, ToMain } from './worker-messages.js';
 
 const log = logger('device');
@@ -58,5 +59,9 @@ port.on('message', (m: FromMain) => {
     send({ type: 'failed', message: err instanceof Error ? err.message : String(err) });
   }
 });
+
+// The SIGBUS guard for guest memory (sys/sigbus-guard.ts), installed here, before the
+// sandbox and the seccomp filter, by the one thread that touches guest memory.
+if (sigbusGuard() === undefined) log.debug(`no SIGBUS guard: ${lastGuardError()?.message ?? 'unknown'}`);
 
 send({ type: 'ready' });

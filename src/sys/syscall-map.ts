@@ -119,6 +119,13 @@ bind('memory-calls', 'munmap', 'serving', 'munmap');
 bind('memory-calls', 'viewBuffer', 'serving', [], 'koffi.view over mapped memory: no syscall');
 bind('memory-calls', 'memfdCreate', 'setup', 'memfd_create', 'the test frontend');
 bind('memory-calls', 'ftruncate', 'setup', 'ftruncate', 'the test frontend sizes its memfd');
+bind('memory-calls', 'sealShrink', 'serving', [{ name: 'fcntl', args: [undefined, 1034n] }, { name: 'fcntl', args: [undefined, 1033n] }],
+  'F_GET_SEALS, then F_ADD_SEALS(F_SEAL_SHRINK), on each guest memory fd before it is mapped');
+
+// sigbus-guard: installed by the device worker before the filter; later calls return the cached guard.
+bind('sigbus-guard', 'sigbusGuard', 'serving', ['rt_sigaction', 'mmap', 'mprotect', 'rt_sigreturn'],
+  'install: sigaction query and install, data and code pages, mprotect(PROT_READ|PROT_EXEC); the machine-code handler itself: mmap(MAP_FIXED|MAP_ANONYMOUS) over the faulting page, rt_sigaction(SIGBUS, SIG_DFL) for a fault outside guest memory, rt_sigreturn');
+bind('sigbus-guard', 'lastGuardError', 'serving', []);
 
 // mount-calls: the sandbox stage and the launcher's FUSE mount.
 bind('mount-calls', 'mount', 'setup', 'mount');

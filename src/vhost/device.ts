@@ -5,6 +5,10 @@
 // control message, so the memory table can change between two requests safely. Lifecycle
 // as virtiofsd: wait for one frontend, serve it, return 0 when it disconnects (or when the
 // connection had to be closed for a protocol error, logged) or when stopFd is signalled.
+// A frontend that shrinks a guarded region's file under us (guest-memory.ts) is noticed
+// after each request: the request fails with EIO, the region leaves the memory table and
+// every queue stops until the frontend restarts it, and the daemon goes on.
+import { constants as osConstants } from 'node:os';
 import { Epoll, eventfdRead, EPOLLIN, EPOLLHUP, EPOLLERR } from '../sys/event-calls.js';
 import { acceptConnection, closeFd } from '../sys/socket-calls.js';
 import { logger, type Logger } from '../log.js';
@@ -14,6 +18,8 @@ import { VhostUserBackend, type KickWatcher } from './vhost-user-backend.js';
 import { DescriptorChain, MAX_QUEUE_SIZE } from './descriptor-chain.js';
 import { checkTag, requestName } from './vhost-user-protocol.js';
 import type { SplitQueue } from './virtqueue.js';
+import { describeRegion } from './guest-memory.js';
+import { InHeader, OutHeader } from '../fs/fuse-abi.js';
 
 export interface VhostDeviceConfig {
   /** Listening AF_UNIX socket (from listenUnix or --fd). Not closed by the device. */
@@ -121,6 +127,7 @@ class Device implements KickWatcher {
       }
       // A message may have started, enabled or re-mapped a ring with requests waiting.
       for (const q of this.backend.queues) if (q.availableCount() > 0) this.process(q);
+      this.memoryFaulted(undefined, undefined);
     }
   }
 
@@ -160,7 +167,11 @@ class Device implements KickWatcher {
       q.disableNotify();
       while (budget > 0 && q.pop(chain)) {
         budget--;
-        q.pushUsed(chain.head, chain.error === undefined ? this.serve(q, chain) : this.reject(q, chain));
+        // A fault while reading the ring or the chain: do not serve what was read as zeros.
+        if (this.memoryFaulted(q, chain)) break;
+        const len = chain.error === undefined ? this.serve(q, chain) : this.reject(q, chain);
+        if (this.memoryFaulted(q, chain)) break;
+        q.pushUsed(chain.head, len);
         if (q.pendingUsed >= USED_BATCH) q.flush();
       }
       q.flush();
@@ -171,6 +182,32 @@ class Device implements KickWatcher {
       if (!q.enableNotify()) break;
     }
     chain.reset(0);
+    this.memoryFaulted(undefined, undefined);
+  }
+
+  /**
+   * Did the SIGBUS guard absorb a fault in guest memory (a region's file shrank under us)?
+   * If so: log it, fail the chain being served (EIO when its reply room allows a header,
+   * length 0 otherwise), take the region out of the table and stop every queue (the
+   * frontend sees SET_VRING_ERR's eventfd) until the frontend restarts them.
+   */
+  memoryFaulted(q: SplitQueue | undefined, chain: DescriptorChain | undefined): boolean {
+    const mem = this.backend.mem;
+    const f = mem.takeFault();
+    if (f === undefined) return false;
+    const where = f.region !== undefined ? `region ${describeRegion(f.region)}` : 'no mapped region';
+    const req = q !== undefined && chain !== undefined ? `; the request on queue ${q.index} (head ${chain.head}) fails with EIO` : '';
+    this.log.error(`guest memory: ${f.count} SIGBUS fault(s), the last at 0x${f.address.toString(16)} in ${where}: the frontend shrank the file behind it after it was mapped${req}; the region leaves the memory table`);
+    if (q !== undefined && chain !== undefined) {
+      q.pushUsed(chain.head, failWithEio(chain));
+      q.flush();
+    }
+    // Leave the notification state as a finished turn does (avail_event / NO_NOTIFY): the
+    // frontend may restart this ring as it is, and would otherwise never kick it again.
+    q?.enableNotify();
+    mem.quarantine(f.address);
+    for (const x of this.backend.queues) if (x.started && !x.broken) x.markBroken('guest memory shrank under the device');
+    return true;
   }
 
   /** True when some queue still has work from a previous turn. */
@@ -210,6 +247,37 @@ class Device implements KickWatcher {
     this.backend.close();
     this.ep.remove(this.conn.fd);
     this.conn.close();
+  }
+}
+
+const EIO_HEADER = Buffer.alloc(OutHeader.size);
+
+/**
+ * Write a fuse_out_header with -EIO into the chain's reply room; returns the used length
+ * (0 when the room is smaller than a header or the request had no readable header).
+ */
+function failWithEio(chain: DescriptorChain): number {
+  if (chain.error !== undefined || chain.writableBytes < OutHeader.size || chain.readableBytes < InHeader.size) return 0;
+  const inHeader = Buffer.alloc(InHeader.size);
+  gather(chain.readable, inHeader);
+  OutHeader.encode(EIO_HEADER, 0, { len: OutHeader.size, error: -osConstants.errno.EIO, unique: inHeader.readBigUInt64LE(InHeader.off.unique) });
+  scatter(EIO_HEADER, chain.writable);
+  return OutHeader.size;
+}
+
+function gather(segs: readonly Buffer[], out: Buffer): void {
+  let pos = 0;
+  for (const s of segs) {
+    if (pos >= out.length) break;
+    pos += s.copy(out, pos, 0, Math.min(s.length, out.length - pos));
+  }
+}
+
+function scatter(data: Buffer, segs: readonly Buffer[]): void {
+  let pos = 0;
+  for (const s of segs) {
+    if (pos >= data.length) break;
+    pos += data.copy(s, 0, pos, Math.min(data.length, pos + s.length));
   }
 }
 

@@ -6,9 +6,16 @@
 // a few GiB of foreign memory, so a region is seen through Buffer windows of at most 1 GiB;
 // consecutive windows overlap by 1 MiB so that anything up to 1 MiB (every ring, every
 // indirect table) is contiguous in one window, while larger buffers become several segments.
+// A frontend may also shrink a region's file after we mapped it, which would turn our next
+// access to the lost pages into a SIGBUS that kills the daemon: a region's file is sealed
+// against shrinking when it can be (F_SEAL_SHRINK), and otherwise its mapping is covered by
+// the SIGBUS guard (sys/sigbus-guard.ts), whose absorbed faults takeFault() reports so the
+// device can fail the request and retire the region (quarantine()).
 import fs from 'node:fs';
 import { closeFd } from '../sys/socket-calls.js';
-import { mmapFd, munmap, viewBuffer, MAX_VIEW_BYTES, PAGE_SIZE, PROT_READ, PROT_WRITE, MAP_SHARED } from '../sys/memory-calls.js';
+import { fstatfs } from '../sys/file-calls.js';
+import { mmapFd, munmap, viewBuffer, sealShrink, MAX_VIEW_BYTES, PAGE_SIZE, PROT_READ, PROT_WRITE, MAP_SHARED } from '../sys/memory-calls.js';
+import { sigbusGuard, lastGuardError, type SigbusGuard } from '../sys/sigbus-guard.js';
 
 /** Window size and the overlap between consecutive windows (see the header). */
 export const WINDOW_BYTES = MAX_VIEW_BYTES;
@@ -31,6 +38,31 @@ export class GuestMemoryError extends Error {
   }
 }
 
+/**
+ * How a region is kept from shrinking under us: its file sealed (by us, or already by the
+ * frontend), its mapping covered by the SIGBUS guard, or neither (no guard on this
+ * architecture: a shrink then kills the daemon, as it does virtiofsd).
+ */
+export type RegionProtection = 'sealed' | 'sealed by the frontend' | 'SIGBUS guard' | 'unprotected';
+
+/** A SIGBUS the guard absorbed in guest memory: how many since the last look, where, in which region. */
+export interface MemoryFault {
+  count: number;
+  address: bigint;
+  region: RegionSpec | undefined;
+}
+
+/** statfs f_type of hugetlbfs: its mappings are replaced in huge pages, not 4 KiB ones. */
+const HUGETLBFS_MAGIC = 0x958458f6;
+const STATFS_BYTES = 120;
+
+function guardPageSize(fd: number): number {
+  const buf = Buffer.alloc(STATFS_BYTES);
+  if (fstatfs(fd, buf) !== 0 || buf.readUInt32LE(0) !== HUGETLBFS_MAGIC) return PAGE_SIZE;
+  // hugetlbfs reports its huge page size as st_blksize.
+  return fs.fstatSync(fd).blksize;
+}
+
 function hex(n: number): string {
   return '0x' + n.toString(16);
 }
@@ -48,6 +80,8 @@ class MappedRegion implements RegionSpec {
   private readonly mapLength: number;
   private readonly delta: number;
   private readonly windows: (Buffer | undefined)[];
+  readonly protection: RegionProtection;
+  private readonly guard: SigbusGuard | undefined;
 
   constructor(spec: RegionSpec, fd: number) {
     this.guestAddr = spec.guestAddr;
@@ -57,8 +91,29 @@ class MappedRegion implements RegionSpec {
     // mmap wants a page-aligned file offset; map from the page start and skip `delta`.
     this.delta = spec.mmapOffset % PAGE_SIZE;
     this.mapLength = spec.size + this.delta;
+    // Seal before mapping: once F_SEAL_SHRINK is on, the size checked in validate() holds.
+    const seal = sealShrink(fd);
+    this.guard = seal.sealed ? undefined : sigbusGuard();
+    this.protection = seal.sealed ? (seal.added ? 'sealed' : 'sealed by the frontend') : this.guard !== undefined ? 'SIGBUS guard' : 'unprotected';
+    // The frontend could have shrunk the file between validate()'s fstat and the seal.
+    if (seal.sealed) {
+      const st = fs.fstatSync(fd);
+      if (st.isFile() && st.size < spec.mmapOffset + spec.size) throw new GuestMemoryError(`region ${describeRegion(spec)}: file is only ${hex(st.size)} bytes`);
+    }
+    const pageSize = this.guard !== undefined ? guardPageSize(fd) : PAGE_SIZE;
     this.base = mmapFd(this.mapLength, PROT_READ | PROT_WRITE, MAP_SHARED, fd, spec.mmapOffset - this.delta);
+    try {
+      this.guard?.add(this.base, this.mapLength, pageSize);
+    } catch (err) {
+      munmap(this.base, this.mapLength);
+      throw new GuestMemoryError(`region ${describeRegion(spec)}: cannot be guarded: ${(err as Error).message}`);
+    }
     this.windows = new Array<Buffer | undefined>(Math.max(1, Math.ceil((spec.size - WINDOW_OVERLAP) / WINDOW_STEP)));
+  }
+
+  /** Whether `addr` lies in this region's mapping. */
+  holds(addr: bigint): boolean {
+    return addr >= this.base && addr - this.base < BigInt(this.mapLength);
   }
 
   /** Window k covers region offsets [k*STEP, min(k*STEP + WINDOW_BYTES, size)). */
@@ -105,6 +160,8 @@ class MappedRegion implements RegionSpec {
 
   unmap(): void {
     this.windows.fill(undefined);
+    // Out of the guard's table first: the address range may be reused by the next mmap.
+    this.guard?.remove(this.base);
     munmap(this.base, this.mapLength);
   }
 }
@@ -117,6 +174,8 @@ function overlaps(aStart: number, aSize: number, bStart: number, bSize: number):
 /** The guest memory table: regions sorted by guest address, translation and bounds checks. */
 export class GuestMemory {
   private regions: MappedRegion[] = [];
+  /** Regions taken out of the table after a fault, still mapped (stale views may exist) until the table is cleared. */
+  private retired: MappedRegion[] = [];
   private lastHit = 0;
   /** Bumped whenever the table changes, so cached ring views are re-resolved. */
   generation = 0;
@@ -129,6 +188,39 @@ export class GuestMemory {
 
   list(): readonly RegionSpec[] {
     return this.regions;
+  }
+
+  /** How each region of the table is protected against shrinking, in list() order. */
+  protections(): readonly RegionProtection[] {
+    return this.regions.map((r) => r.protection);
+  }
+
+  /** Why unprotected regions are unprotected (the guard's install error), if any is. */
+  unprotectedReason(): string | undefined {
+    return this.regions.some((r) => r.protection === 'unprotected') ? (lastGuardError()?.message ?? 'no SIGBUS guard') : undefined;
+  }
+
+  /** SIGBUS faults the guard absorbed since the last call (in any mapping it covers), if any. */
+  takeFault(): MemoryFault | undefined {
+    const f = sigbusGuard()?.takeFaults();
+    if (f === undefined) return undefined;
+    return { ...f, region: [...this.regions, ...this.retired].find((r) => r.holds(f.address)) };
+  }
+
+  /**
+   * Take the region holding `addr` out of the table: its file shrank, so its pages are no
+   * longer the guest's. It stays mapped (and guarded) until the table is cleared, since a
+   * view of it may still be held; later translations into it fail like any address outside
+   * memory. Returns the region, or undefined if none holds `addr`.
+   */
+  quarantine(addr: bigint): RegionSpec | undefined {
+    const i = this.regions.findIndex((r) => r.holds(addr));
+    if (i < 0) return undefined;
+    const [r] = this.regions.splice(i, 1);
+    this.retired.push(r);
+    this.lastHit = 0;
+    this.generation++;
+    return r;
   }
 
   /** Check a region description against itself, its file and the current table. */
@@ -217,7 +309,9 @@ export class GuestMemory {
 
   clear(): void {
     for (const r of this.regions) r.unmap();
+    for (const r of this.retired) r.unmap();
     this.regions = [];
+    this.retired = [];
     this.lastHit = 0;
     this.generation++;
   }

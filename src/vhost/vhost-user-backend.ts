@@ -207,7 +207,7 @@ export class VhostUserBackend {
       if (err instanceof GuestMemoryError || (err as Error).name === 'SysError') return fail((err as Error).message);
       throw err;
     }
-    this.opts.log.info(`memory table: ${specs.map(describeRegion).join('; ') || 'empty'}`);
+    this.logProtection(`memory table: ${this.describeTable() || 'empty'}`, 'info');
     return OK;
   }
 
@@ -228,8 +228,20 @@ export class VhostUserBackend {
       if (err instanceof GuestMemoryError || (err as Error).name === 'SysError') return fail((err as Error).message);
       throw err;
     }
-    this.opts.log.debug(`added region ${describeRegion(spec)}`);
+    this.logProtection(`added region ${describeRegion(spec)}; table: ${this.describeTable()}`, 'debug');
     return OK;
+  }
+
+  /** The table's regions with how each is kept from shrinking under us (sealed, guarded, unprotected). */
+  private describeTable(): string {
+    const prot = this.mem.protections();
+    return this.mem.list().map((r, i) => `${describeRegion(r)} (${prot[i]})`).join('; ');
+  }
+
+  private logProtection(line: string, level: 'info' | 'debug'): void {
+    this.opts.log[level](line);
+    const why = this.mem.unprotectedReason();
+    if (why !== undefined) this.opts.log.warn(`guest memory: a region cannot be sealed against shrinking and ${why}; a frontend that shrinks its file would kill the daemon`);
   }
 
   private remMemReg(msg: Message): Result {

@@ -56,6 +56,8 @@ export interface StartOptions {
   timeoutMs?: number;
   /** Program and leading arguments that start our daemon (default: vfsDaemonCommand()). */
   vfsCommand?: string[];
+  /** --sandbox for our daemon (default none; namespace needs vfsCommand to be vfs-launch). */
+  sandbox?: 'none' | 'chroot' | 'namespace';
 }
 
 export function tempSocketPath(tag: string): string {
@@ -67,7 +69,7 @@ export async function startDaemon(kind: BackendKind, o: StartOptions): Promise<D
   const socketPath = o.socketPath ?? tempSocketPath(kind);
   const logPath = `${socketPath}.${kind}.log`;
   const logFd = fs.openSync(logPath, 'w');
-  const common = ['--shared-dir', o.sharedDir, '--socket-path', socketPath, '--sandbox', 'none', ...(o.extraArgs ?? [])];
+  const common = ['--shared-dir', o.sharedDir, '--socket-path', socketPath, '--sandbox', kind === 'vfs' ? (o.sandbox ?? 'none') : 'none', ...(o.extraArgs ?? [])];
   // Extra daemon arguments for a whole run (e.g. VFS_TEST_DAEMON_ARGS="--seccomp none" while debugging).
   const envArgs = kind === 'vfs' ? (process.env.VFS_TEST_DAEMON_ARGS ?? '').split(' ').filter((a) => a !== '') : [];
   common.push(...envArgs);

@@ -15,6 +15,8 @@ export interface RegionSpec {
   size: number;
   /** Offset of the region inside its memfd (mmap_offset in SET_MEM_TABLE); default 0. */
   fileOffset?: number;
+  /** Create the memfd with MFD_ALLOW_SEALING (the backend may then seal it); default false. */
+  allowSealing?: boolean;
 }
 
 export interface Region {
@@ -40,7 +42,7 @@ export class GuestMemory {
     {
       const i = this.regions.length;
       const off = s.fileOffset ?? 0;
-      const fd = memfdCreate(`vfs-guest-${i}`, off + s.size);
+      const fd = memfdCreate(`vfs-guest-${i}`, off + s.size, s.allowSealing === true);
       this.regions.push({
         gpa: s.gpa,
         size: s.size,

@@ -27,6 +27,7 @@ const memfdCreateRaw = libc.func('int memfd_create(const char *name, unsigned in
 const ftruncateRaw = libc.func('int ftruncate(int fd, int64_t length)');
 const mmapRaw = libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)');
 const munmapRaw = libc.func('int munmap(void *addr, size_t len)');
+const fcntlRaw = libc.func('int fcntl(int fd, int cmd, long arg)');
 
 const AF_UNIX = 1;
 const SOCK_STREAM = 1;
@@ -38,6 +39,12 @@ const MSG_NOSIGNAL = 0x4000;
 export const MSG_PEEK = 0x2;
 const SHUT_RDWR = 2;
 const MFD_CLOEXEC = 1;
+const MFD_ALLOW_SEALING = 2;
+const F_ADD_SEALS = 1033;
+const F_GET_SEALS = 1034;
+export const F_SEAL_SEAL = 1;
+export const F_SEAL_SHRINK = 2;
+export const F_SEAL_GROW = 4;
 const PROT_READ = 1;
 const PROT_WRITE = 2;
 const MAP_SHARED = 1;
@@ -144,15 +151,35 @@ export function recvWithFds(fd: number, buf: Buffer, len = buf.length, flags = 0
   return { n, fds };
 }
 
-/** An anonymous shared-memory file of `size` bytes (sparse: pages are allocated on first touch). */
-export function memfdCreate(name: string, size: number): number {
-  const fd = check(memfdCreateRaw(name, MFD_CLOEXEC), 'memfd_create', name);
+/**
+ * An anonymous shared-memory file of `size` bytes (sparse: pages are allocated on first
+ * touch). Without `allowSealing` it is born with F_SEAL_SEAL (no seal can be added), like
+ * QEMU's memory-backend-memfd with seal=off; with it, like seal=on before QEMU's own seals.
+ */
+export function memfdCreate(name: string, size: number, allowSealing = false): number {
+  const fd = check(memfdCreateRaw(name, MFD_CLOEXEC | (allowSealing ? MFD_ALLOW_SEALING : 0)), 'memfd_create', name);
   if (ftruncateRaw(fd, size) < 0) {
     const e = lastErrno();
     closeRaw(fd);
     throw new SysError('ftruncate', e, name);
   }
   return fd;
+}
+
+/** ftruncate(2) as a frontend would do it to its own memory: 0, or the errno. */
+export function truncateFd(fd: number, size: number): number {
+  return ftruncateRaw(fd, size) < 0 ? lastErrno() : 0;
+}
+
+/** F_ADD_SEALS as QEMU's memory-backend-memfd does at creation: 0, or the errno. */
+export function addSeals(fd: number, seals: number): number {
+  return fcntlRaw(fd, F_ADD_SEALS, seals) < 0 ? lastErrno() : 0;
+}
+
+/** The file's seals (F_GET_SEALS), or -errno. */
+export function getSeals(fd: number): number {
+  const r = fcntlRaw(fd, F_GET_SEALS, 0);
+  return r < 0 ? -lastErrno() : r;
 }
 
 /** A MAP_SHARED mapping of fd[offset, offset+len) and a Buffer over it (len must stay below 4 GiB). */
