@@ -100,8 +100,9 @@ export function serverCommand(shared: string, mnt: string, extra: readonly strin
     return [process.execPath, '--import', 'tsx', path.join(ROOT, driver === 'serve' ? 'test/mount-serve.ts' : 'test/mount-stub-serve.ts'),
       '--shared-dir', shared, '--mountpoint', mnt, ...extra];
   }
-  return [...launcherCommand(),
-    '--shared-dir', shared, '--mountpoint', mnt, '--sandbox', 'none', ...LAUNCH_ARGS, ...extra];
+  // --sandbox none unless the caller chose a mode (tests of the sandboxed daemon as users run it).
+  const sandbox = extra.some((a) => a === '--sandbox' || a.startsWith('--sandbox=')) ? [] : ['--sandbox', 'none'];
+  return [...launcherCommand(), '--shared-dir', shared, '--mountpoint', mnt, ...sandbox, ...LAUNCH_ARGS, ...extra];
 }
 
 /** Run the server to completion without waiting for a mount (for failure cases). */
