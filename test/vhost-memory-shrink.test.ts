@@ -19,6 +19,7 @@ import { Req, u64, vringState } from './frontend/vhost-user.js';
 import { truncateFd, getSeals, addSeals, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_SEAL } from './frontend/sys-calls.js';
 import { eventfd, eventfdRead, closeFd } from '../src/sys/event-calls.js';
 import * as F from './frontend/fuse-requests.js';
+import { DAEMON, findDaemon, procStatus } from './sandbox-helpers.js';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -38,11 +39,20 @@ async function launch(t: ExecutionContext): Promise<{ d: Daemon; shared: string 
     timeoutMs: 120000,
   });
   t.teardown(async () => {
-    if (process.env.SHRINK_DEBUG) console.log(d.log());
     await d.stop();
     fs.rmSync(parent, { recursive: true, force: true });
     fs.rmSync(path.dirname(d.socketPath), { recursive: true, force: true });
   });
+  // The launcher made the socket; wait for the daemon itself to be under its filter.
+  const deadline = Date.now() + 60000;
+  let status: string;
+  for (;;) {
+    const pid = findDaemon(d.pid, DAEMON);
+    status = pid === undefined ? 'no daemon process yet' : `Seccomp ${procStatus(pid).Seccomp}`;
+    if (status === 'Seccomp 2') break;
+    if (Date.now() > deadline || d.exitCode !== undefined) throw new Error(`daemon not under seccomp (${status}): ${d.log()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
   return { d, shared };
 }
 
