@@ -138,6 +138,11 @@ export class InodeTable {
   /** Why the last get() of a known inode failed (-errno), for logs and tests. */
   lastError = 0;
 
+  /** The errno for a request whose node get() did not give: ENOENT if unknown, else why it could not be reopened. */
+  missing(nodeid: number): number {
+    return this.byId.has(nodeid) ? (this.lastError < 0 ? this.lastError : -ESTALE) : -ENOENT;
+  }
+
   /** Make sure `ino` holds an fd and mark it used by this request; 0 or -errno. */
   use(ino: Inode): number {
     ino.epoch = this.epoch;

@@ -23,7 +23,7 @@ const ID_UNCHANGED = 0xffffffff;
 export function setattr(s: FsState): number {
   const req = s.req;
   const ino = s.inodes.get(req.nodeid);
-  if (ino === undefined) return -E.ENOENT;
+  if (ino === undefined) return s.inodes.missing(s.req.nodeid);
   const S = SetattrIn.off;
   const valid = req.u32(S.valid);
   const h = valid & FATTR.FH ? s.handles.get(req.u64(S.fh), req.nodeid) : undefined;
@@ -93,7 +93,7 @@ export function statfs(s: FsState): number {
 export function access(s: FsState): number {
   const req = s.req;
   const ino = s.inodes.get(req.nodeid);
-  if (ino === undefined) return -E.ENOENT;
+  if (ino === undefined) return s.inodes.missing(s.req.nodeid);
   const mask = req.u32(AccessIn.off.mask) & 7;
   const r = s.statInode(ino);
   if (r < 0) return r;
@@ -153,7 +153,7 @@ function special(r: number): number {
 export function getxattr(s: FsState): number {
   const req = s.req;
   const ino = s.inodes.get(req.nodeid);
-  if (ino === undefined) return -E.ENOENT;
+  if (ino === undefined) return s.inodes.missing(s.req.nodeid);
   let r = parseXattrName(s, req.args + GetxattrIn.size);
   if (r < 0) return r;
   const size = req.u32(GetxattrIn.off.size);
@@ -175,7 +175,7 @@ export function getxattr(s: FsState): number {
 export function listxattr(s: FsState): number {
   const req = s.req;
   const ino = s.inodes.get(req.nodeid);
-  if (ino === undefined) return -E.ENOENT;
+  if (ino === undefined) return s.inodes.missing(s.req.nodeid);
   const size = req.u32(GetxattrIn.off.size);
   const room = size === 0 ? 0 : s.reply.room(size);
   if (!s.reply.reserve(size === 0 ? GetxattrOut.size : room)) return -E.ERANGE;
@@ -201,7 +201,7 @@ function sizeOut(s: FsState, n: number): number {
 export function setxattr(s: FsState): number {
   const req = s.req;
   const ino = s.inodes.get(req.nodeid);
-  if (ino === undefined) return -E.ENOENT;
+  if (ino === undefined) return s.inodes.missing(s.req.nodeid);
   let r = parseXattrName(s, req.args + SetxattrIn.size);
   if (r < 0) return r;
   const size = req.u32(SetxattrIn.off.size);
@@ -222,7 +222,7 @@ export function setxattr(s: FsState): number {
 export function removexattr(s: FsState): number {
   const req = s.req;
   const ino = s.inodes.get(req.nodeid);
-  if (ino === undefined) return -E.ENOENT;
+  if (ino === undefined) return s.inodes.missing(s.req.nodeid);
   let r = parseXattrName(s, req.args);
   if (r < 0) return r;
   const fd = xattrFd(s, ino);

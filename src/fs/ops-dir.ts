@@ -23,7 +23,7 @@ const entryName = Buffer.alloc(256);
 
 export function opendir(s: FsState): number {
   const ino = s.inodes.get(s.req.nodeid);
-  if (ino === undefined) return -E.ENOENT;
+  if (ino === undefined) return s.inodes.missing(s.req.nodeid);
   if (!s.reply.reserve(OpenOut.size)) return -E.EIO;
   const fd = openat(s.procSelfFd, ino.procName, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return fd;

@@ -29,7 +29,7 @@ export function inodeOf(s: FsState, nodeid: number): Inode | undefined {
 export function lookup(s: FsState): number {
   const req = s.req;
   const parent = s.inodes.get(req.nodeid);
-  if (parent === undefined) return -E.ENOENT;
+  if (parent === undefined) return s.inodes.missing(s.req.nodeid);
   const r = parseName(req, req.args, nameA);
   if (r < 0) return r;
   let ino: Inode | number;
@@ -82,7 +82,7 @@ export function batchForget(s: FsState): number {
 export function getattr(s: FsState): number {
   const req = s.req;
   const ino = s.inodes.get(req.nodeid);
-  if (ino === undefined) return -E.ENOENT;
+  if (ino === undefined) return s.inodes.missing(s.req.nodeid);
   let r: number;
   const h = req.u32(GetattrIn.off.getattrFlags) & FUSE_GETATTR_FH ? s.handles.get(req.u64(GetattrIn.off.fh), req.nodeid) : undefined;
   if (h !== undefined) r = statx(h.fd, EMPTY_NAME, AT_EMPTY_PATH, STATX_MASK, s.stx);
@@ -93,7 +93,7 @@ export function getattr(s: FsState): number {
 
 export function readlink(s: FsState): number {
   const ino = s.inodes.get(s.req.nodeid);
-  if (ino === undefined) return -E.ENOENT;
+  if (ino === undefined) return s.inodes.missing(s.req.nodeid);
   if (ino.type !== S_IFLNK) return -E.EINVAL;
   const n = readlinkat(ino.fd, EMPTY_NAME, readlinkBuf, readlinkBuf.length);
   if (n < 0) return n;
@@ -113,7 +113,7 @@ function entryAfterCreate(s: FsState, parent: Inode, name: Buffer): number {
 export function mkdir(s: FsState): number {
   const req = s.req;
   const parent = s.inodes.get(req.nodeid);
-  if (parent === undefined) return -E.ENOENT;
+  if (parent === undefined) return s.inodes.missing(s.req.nodeid);
   const r = parseEntryName(req, req.args + MkdirIn.size, nameA);
   if (r < 0) return r;
   const mode = req.u32(MkdirIn.off.mode) & 0o7777;
@@ -125,7 +125,7 @@ export function mkdir(s: FsState): number {
 export function mknod(s: FsState): number {
   const req = s.req;
   const parent = s.inodes.get(req.nodeid);
-  if (parent === undefined) return -E.ENOENT;
+  if (parent === undefined) return s.inodes.missing(s.req.nodeid);
   const r = parseEntryName(req, req.args + MknodIn.size, nameA);
   if (r < 0) return r;
   const mode = req.u32(MknodIn.off.mode);
@@ -142,7 +142,7 @@ export function mknod(s: FsState): number {
 export function symlink(s: FsState): number {
   const req = s.req;
   const parent = s.inodes.get(req.nodeid);
-  if (parent === undefined) return -E.ENOENT;
+  if (parent === undefined) return s.inodes.missing(s.req.nodeid);
   // SYMLINK carries the new name, then the target.
   const r = parseEntryName(req, req.args, nameA);
   if (r < 0) return r;
@@ -182,7 +182,7 @@ export function rmdir(s: FsState): number {
 function remove(s: FsState, flags: number): number {
   const req = s.req;
   const parent = s.inodes.get(req.nodeid);
-  if (parent === undefined) return -E.ENOENT;
+  if (parent === undefined) return s.inodes.missing(s.req.nodeid);
   const r = parseEntryName(req, req.args, nameA);
   if (r < 0) return r;
   return unlinkat(parent.fd, nameA.buf, flags);

@@ -66,7 +66,7 @@ function openOut(s: FsState, pos: number, fh: number, openFlags: number): void {
 export function open(s: FsState): number {
   const req = s.req;
   const ino = s.inodes.get(req.nodeid);
-  if (ino === undefined) return -E.ENOENT;
+  if (ino === undefined) return s.inodes.missing(s.req.nodeid);
   const flags = req.u32(OpenIn.off.flags);
   if (s.opts.readonly && writesAccess(flags)) return -E.EROFS;
   if (!s.reply.reserve(OpenOut.size)) return -E.EIO;
@@ -89,7 +89,7 @@ export function open(s: FsState): number {
 function createCommon(s: FsState, tmp: boolean): number {
   const req = s.req;
   const parent = s.inodes.get(req.nodeid);
-  if (parent === undefined) return -E.ENOENT;
+  if (parent === undefined) return s.inodes.missing(s.req.nodeid);
   const flags = req.u32(CreateIn.off.flags);
   const mode = req.u32(CreateIn.off.mode) & 0o7777;
   let name: Buffer = DOT;

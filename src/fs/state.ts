@@ -4,7 +4,7 @@
 // under a parent inode, and running a call with the caller's credentials.
 import { constants as osConstants } from 'node:os';
 import {
-  AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_CLOEXEC, O_NOFOLLOW, O_PATH, STATX_BASIC_STATS, STATX_MNT_ID,
+  AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY, STATX_BASIC_STATS, STATX_MNT_ID,
   STATX_SIZE, STX, S_IFDIR, close, nameToHandleAt, openat, statx,
 } from '../sys/file-calls.js';
 import { setresgidThread, setresuidThread } from '../sys/cred-calls.js';
@@ -19,6 +19,7 @@ import { u16, u32, setU32 } from '../le-bytes.js';
 export const E = osConstants.errno;
 export const STATX_MASK = STATX_BASIC_STATS | STATX_MNT_ID;
 export const EMPTY_NAME = Buffer.from([0]);
+const DOT = Buffer.from('.\0');
 const A = Attr.off;
 
 export interface Timeouts {
@@ -101,7 +102,13 @@ export class FsState {
     const r = statx(rootFd, EMPTY_NAME, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MASK, this.stx);
     if (r < 0) throw new SysError('statx', -r, 'shared directory (rootFd)');
     if ((u16(this.stx, STX.mode) & 0o170000) !== S_IFDIR) throw new SysError('statx', E.ENOTDIR, 'shared directory (rootFd)');
-    this.inodes = new InodeTable(rootFd, this.stx, { maxFds: fdBudget(opts.fdLimit), mountFd: rootFd });
+    // open_by_handle_at refuses an O_PATH fd as its mount fd (EBADF): a real one on the share.
+    let mountFd = rootFd;
+    if (opts.inodeFileHandles !== 'never') {
+      mountFd = openat(rootFd, DOT, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (mountFd < 0) throw new SysError('openat', -mountFd, 'shared directory (for open_by_handle_at)');
+    }
+    this.inodes = new InodeTable(rootFd, this.stx, { maxFds: fdBudget(opts.fdLimit), mountFd });
     this.handles = new HandleTable(this.inodes);
     this.timeouts = timeoutsFor(opts.cache);
     this.useHandles = opts.inodeFileHandles !== 'never';
