@@ -127,15 +127,6 @@ bind('sigbus-guard', 'sigbusGuard', 'serving', ['rt_sigaction', 'mmap', 'mprotec
   'install: sigaction query and install, data and code pages, mprotect(PROT_READ|PROT_EXEC); the machine-code handler itself: mmap(MAP_FIXED|MAP_ANONYMOUS) over the faulting page, rt_sigaction(SIGBUS, SIG_DFL) for a fault outside guest memory, rt_sigreturn');
 bind('sigbus-guard', 'lastGuardError', 'serving', []);
 
-bind('memory-calls', 'sealShrink', 'serving', [{ name: 'fcntl', args: [undefined, 1034n] }, { name: 'fcntl', args: [undefined, 1033n] }],
-  'F_GET_SEALS, then F_ADD_SEALS(F_SEAL_SHRINK) on a guest memory fd before it is mapped');
-
-// sigbus-guard: installed (mmap, mprotect, rt_sigaction) by the device thread before the
-// filter; after it, only its fault handler runs, in machine code: mmap of a zero page over
-// the faulting guest page, and rt_sigaction(SIGBUS, SIG_DFL) for a fault outside guest memory.
-bind('sigbus-guard', 'sigbusGuard', 'serving', ['mmap', 'rt_sigaction'], 'x86_64 machine code; not installed on aarch64');
-bind('sigbus-guard', 'lastGuardError', 'serving', []);
-
 // log-calls: every log line, from any thread.
 bind('log-calls', 'writeFully', 'serving', 'write');
 bind('log-calls', 'writeText', 'serving', 'write');
