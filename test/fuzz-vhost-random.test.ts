@@ -10,9 +10,10 @@
 // syscall the seccomp filter refused), a request that needs a reply gets exactly one,
 // well-formed (header len = used len, errno in range, errors carry no body, bodies of the
 // size the opcode implies) and with its own unique (the frontend checks that), and none
-// for FORGET, BATCH_FORGET, INTERRUPT and NOTIFY_REPLY. After: a canary dir beside the share is as it
-// was, and the session still creates, writes and reads a file. By default 4 seeds x
-// 40,000 requests from a fresh base seed (about 25 s here); VFS_FUZZ_SEED=<n> replays one seed,
+// for FORGET, BATCH_FORGET, INTERRUPT and NOTIFY_REPLY; no reply carries the name or the
+// content of the canary dir beside the share. After the storm: the canary is as it was,
+// and the session still creates, writes and reads a file. By default 4 seeds x 40,000
+// requests from a fresh base seed (about 25 s here); VFS_FUZZ_SEED=<n> replays one seed,
 // VFS_FUZZ_REQUESTS=<n> sets the count per seed.
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
@@ -50,6 +51,8 @@ interface Share {
   parent: string;
   share: string;
   names: string[];
+  /** Content and a name that live only in the canary: no reply may carry them. */
+  secret: Buffer;
 }
 
 /** The share and, beside it, the canary dir nothing may change. */
@@ -58,7 +61,9 @@ function makeShare(): Share {
   const share = path.join(parent, 'share');
   const canary = path.join(parent, 'canary');
   fs.mkdirSync(canary);
-  fs.writeFileSync(path.join(canary, 'file'), 'canary\n');
+  const secret = `canary-secret-${process.pid}-${Date.now().toString(36)}`;
+  fs.writeFileSync(path.join(canary, 'file'), `${secret}\n`);
+  fs.writeFileSync(path.join(canary, secret), `${secret}\n`);
   fs.writeFileSync(path.join(canary, 'suid-1000'), 'canary suid\n');
   fs.chownSync(path.join(canary, 'suid-1000'), 1000, 1000);
   fs.chmodSync(path.join(canary, 'suid-1000'), 0o4755);
@@ -110,7 +115,7 @@ function makeShare(): Share {
   const names = ['d1', 'd2', 'f-in', 'd-1000', 'own', 'sticky', 't-1000', 'f', 'f-1000', 'suid-1000', 'sgid-1000',
     'suid-root', 'ro', 'exec-1000', 'big', 'hl', 'fifo', 'fifo-1000', 'abs', 'rel', 'dangling', 'loop', 'up', 'dlink',
     'canary-link'];
-  return { parent, share, names };
+  return { parent, share, names, secret: Buffer.from(secret) };
 }
 
 /** Problems with one reply, as text (empty: well-formed). */
@@ -172,6 +177,7 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
       break;
     }
     const problems = replyProblems(r, req.op, req.replyLens, req.expect);
+    if (r !== undefined && r.body.includes(s.secret)) problems.push('the reply carries a name or content of the canary outside the share');
     // Without --xattr the xattr opcodes are ENOSYS, as virtiofsd's.
     if (!xattr && r !== undefined && XATTR_OPS.has(req.op) &&
       r.header.error !== -38 && r.header.error !== -5) problems.push(`xattr opcode answered ${r.header.error} without --xattr`);

@@ -47,6 +47,8 @@ export interface SandboxedDaemon {
   alive(): boolean;
   /** Open fds of the daemon, counted from outside. */
   fdCount(): number;
+  /** What each open fd of the daemon refers to (readlink of /proc/PID/fd/N), by fd number. */
+  fdTargets(): Map<number, string>;
   log(): string;
   /** SIGTERM the launcher (it forwards to the daemon) and wait; the launcher's exit code. */
   stop(): Promise<number | null>;
@@ -111,6 +113,17 @@ export async function launchSandboxed(share: string, daemonArgs: readonly string
       return st !== '' && st !== 'Z' && st !== 'X';
     },
     fdCount: () => fs.readdirSync(`/proc/${daemonPid}/fd`).length,
+    fdTargets: () => {
+      const out = new Map<number, string>();
+      for (const n of fs.readdirSync(`/proc/${daemonPid}/fd`)) {
+        try {
+          out.set(Number(n), fs.readlinkSync(`/proc/${daemonPid}/fd/${n}`));
+        } catch {
+          // closed between readdir and readlink
+        }
+      }
+      return out;
+    },
     stop: async () => {
       if (launcher.exitCode === null && launcher.signalCode === null) launcher.kill('SIGTERM');
       const timer = setTimeout(() => launcher.kill('SIGKILL'), 15_000);
