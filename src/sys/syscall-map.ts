@@ -127,11 +127,6 @@ bind('sigbus-guard', 'sigbusGuard', 'serving', ['rt_sigaction', 'mmap', 'mprotec
   'install: sigaction query and install, data and code pages, mprotect(PROT_READ|PROT_EXEC); the machine-code handler itself: mmap(MAP_FIXED|MAP_ANONYMOUS) over the faulting page, rt_sigaction(SIGBUS, SIG_DFL) for a fault outside guest memory, rt_sigreturn');
 bind('sigbus-guard', 'lastGuardError', 'serving', []);
 
-// log-calls: every log line, from any thread.
-bind('log-calls', 'writeFully', 'serving', 'write');
-bind('log-calls', 'writeText', 'serving', 'write');
-bindArch('log-calls', 'waitWritable', 'serving', 'poll', 'ppoll', 'a full non-blocking stderr pipe is waited for');
-
 // mount-calls: the sandbox stage and the launcher's FUSE mount.
 bind('mount-calls', 'mount', 'setup', 'mount');
 bind('mount-calls', 'umount2', 'setup', 'umount2');
