@@ -90,7 +90,7 @@ test('modules that run after the filter use only serving-phase bindings', (t) =>
 test('the check fails naming the binding, the syscall and the policy when a call is missing', (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfs-cov-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const server = JSON.parse(fs.readFileSync(path.join(POLICIES, 'file-server.json'), 'utf8')) as { syscalls: { names: string[] }[] };
+  const server = JSON.parse(fs.readFileSync(path.join(POLICIES, 'file-server.json'), 'utf8')) as { syscalls: { names: string[]; args?: unknown[] }[] };
   server.syscalls = server.syscalls.filter((r) => !r.names.includes('fchmod'));
   // fcntl only for F_GETFL: the /dev/fuse loop's F_SETFL would be killed.
   const runtime = JSON.parse(fs.readFileSync(path.join(POLICIES, 'node-runtime.json'), 'utf8')) as { syscalls: { names: string[]; args?: unknown[] }[] };
