@@ -160,7 +160,13 @@ export async function runLauncher(argv: readonly string[], io: LauncherIo = proc
   });
 
   const result = await child;
-  for (const [sig, h] of handlers) process.off(sig, h);
+  // The daemon is gone: a signal now (a supervisor's SIGTERM racing with the daemon's own
+  // exit) must neither reach a reused pid nor kill us before we report the daemon's status.
+  const ignore = (): void => undefined;
+  for (const [sig, h] of handlers) {
+    process.on(sig, ignore);
+    process.off(sig, h);
+  }
   local?.unmount();
   let end = describeDaemonEnd(result.exitCode, result.signal, cfg.sandbox === 'namespace', cfg.seccomp);
   if (end.signal === 'SIGSYS' && daemonPid !== undefined) {
