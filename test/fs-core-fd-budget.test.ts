@@ -88,6 +88,22 @@ for (const mode of ['never', 'prefer'] as const) {
     t.is(f.size(x), 5, 'x is found again under its new name b/y');
   });
 
+  test(`${mode}: an evicted inode unlinked by the guest under one of its names still answers through its fd`, (t) => {
+    const f = setup(t, { inodeFileHandles: mode });
+    fs.writeFileSync(path.join(f.dir, 'a'), 'abc');
+    fs.linkSync(path.join(f.dir, 'a'), path.join(f.dir, 'b'));
+    const a = f.lookup('a');
+    tree(f.dir, 1, 400);
+    const d0 = f.lookup('d0');
+    for (let i = 0; i < 400; i++) f.lookup(`f${i}`, d0);
+    const u = send(f.session, request(Op.UNLINK, [cstr('a')]));
+    t.is(u?.error, 0);
+    // Push everything else out again: the unlinked inode keeps the fd UNLINK gave it.
+    for (let i = 0; i < 400; i++) f.lookup(`f${i}`, d0);
+    t.is(f.size(a), 3, 'still the file (now only named b)');
+    t.false(fs.existsSync(path.join(f.dir, 'a')));
+  });
+
   test(`${mode}: an inode moved out of the shared directory on the host is not reopened (ESTALE), nor is anything outside`, (t) => {
     const f = setup(t, { inodeFileHandles: mode });
     // The share is a subdirectory, so "outside" is on the same file system.

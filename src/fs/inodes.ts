@@ -52,7 +52,7 @@ export class Inode {
     /** Its name in `parent`, NUL-terminated. */
     public name: Buffer | null,
     /** struct file_handle from name_to_handle_at, when file handles are in use. */
-    readonly handle: Buffer | null,
+    public handle: Buffer | null,
   ) {}
 
   /**
@@ -202,6 +202,16 @@ export class InodeTable {
       if (old !== null) this.unpin(old);
     }
     ino.name = Buffer.from(name);
+  }
+
+  /** `ino` lost the name it would be found again by: it keeps its fd for good (never evicted). */
+  unnamed(ino: Inode): void {
+    if (ino === this.root || ino.fd < 0) return;
+    const parent = ino.parent;
+    ino.parent = null;
+    ino.name = null;
+    ino.handle = null; // a handle is only trusted with the name that confirms it
+    if (parent !== null) this.unpin(parent);
   }
 
   /** Drop `n` lookups; closes and forgets the inode at zero. The root is never freed. */

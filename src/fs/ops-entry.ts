@@ -185,7 +185,22 @@ function remove(s: FsState, flags: number): number {
   if (parent === undefined) return s.inodes.missing(s.req.nodeid);
   const r = parseEntryName(req, req.args, nameA);
   if (r < 0) return r;
-  return unlinkat(parent.fd, nameA.buf, flags);
+  const gone = nameHolder(s, parent, nameA.buf);
+  const e = unlinkat(parent.fd, nameA.buf, flags);
+  if (e === 0 && gone !== undefined) s.inodes.unnamed(gone);
+  return e;
+}
+
+/**
+ * The known inode whose way back is `name` in `dir`, given an fd now: once the name is
+ * gone (UNLINK, or RENAME over it) it could not be found again, so it keeps that fd until
+ * the guest forgets it (an unlinked file the guest still uses; another hard link).
+ */
+function nameHolder(s: FsState, dir: Inode, name: Buffer): Inode | undefined {
+  if (statx(dir.fd, name, AT_SYMLINK_NOFOLLOW, STATX_MASK, s.stx) < 0) return undefined;
+  const ino = s.inodes.find(s.stx);
+  if (ino === undefined || ino.parent !== dir || ino.name === null || !ino.name.equals(name)) return undefined;
+  return s.inodes.use(ino) < 0 ? undefined : ino;
 }
 
 export function rename(s: FsState): number {
@@ -209,11 +224,13 @@ function doRename(s: FsState, newdir: number, flags: number, fixed: number): num
   if (r < 0) return r;
   // RENAME_WHITEOUT creates a whiteout device node: the kernel wants CAP_MKNOD, which
   // we keep; the plain forms need no caller identity beyond what the client checked.
+  const replaced = flags & RENAME_EXCHANGE ? undefined : nameHolder(s, to, nameB.buf);
   r = renameat2(from.fd, nameA.buf, to.fd, nameB.buf, flags);
   if (r < 0) return r;
   // Known inodes are found again by parent and name once their fds are evicted: follow them.
   followRename(s, to, nameB.buf);
   if (flags & RENAME_EXCHANGE) followRename(s, from, nameA.buf);
+  if (replaced !== undefined) s.inodes.unnamed(replaced);
   return 0;
 }
 
