@@ -35,10 +35,14 @@ const RING = 48;
 const NO_REPLY = new Set<number>([Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT, Op.NOTIFY_REPLY]);
 const XATTR_OPS = new Set<number>([Op.SETXATTR, Op.GETXATTR, Op.LISTXATTR, Op.REMOVEXATTR]);
 
-/** The daemon configuration of a seed: every cache mode, with and without xattrs. */
+/**
+ * The daemon configuration of a seed: every cache mode, with and without xattrs, and the
+ * fd budget under a tiny RLIMIT_NOFILE (64 fds for inodes and handles: evictions and
+ * reopens on every few requests) with O_PATH fds and with file handles.
+ */
 const VARIANTS: readonly string[][] = [
-  ['--cache', 'auto', '--xattr'],
-  ['--cache', 'never'],
+  ['--cache', 'auto', '--xattr', '--rlimit-nofile', '128', '--inode-file-handles=prefer'],
+  ['--cache', 'never', '--rlimit-nofile', '128'],
   ['--cache', 'always', '--writeback', '--xattr'],
   ['--cache', 'metadata', '--xattr', '--announce-submounts', '--no-readdirplus', '--allow-direct-io'],
 ];
