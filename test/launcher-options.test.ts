@@ -134,11 +134,15 @@ test('our form: launcher options before --, daemon options after; sandbox settin
     const i = plan.daemonArgs.indexOf(pair[0]);
     t.true(i >= 0 && plan.daemonArgs[i + 1] === pair[1], `${pair.join(' ')} in ${plan.daemonArgs.join(' ')}`);
   }
-  // chroot: node runs directly under setpriv with a bounding set of kept caps + setup caps.
+  // chroot: the launcher execs the sh waiter, which starts node under setpriv with a
+  // bounding set of kept caps + setup caps and a parent-death signal.
   const cmd = daemonCommand({ config: plan.config, daemonArgs: plan.daemonArgs });
-  t.is(cmd.file, 'setpriv');
+  t.is(cmd.file, '/bin/sh');
+  t.is(cmd.argv[1], '-c');
   t.is(cmd.env.UV_USE_IO_URING, '0');
-  t.true(cmd.args.includes('--no-new-privs'));
+  t.deepEqual(cmd.daemon.slice(0, 3), ['setpriv', '--pdeathsig', 'TERM']);
+  t.true(cmd.daemon.includes('--no-new-privs'));
+  t.is(cmd.argv.slice(-cmd.daemon.length).join(' '), cmd.daemon.join(' '), 'the daemon command ends the waiter\'s arguments');
   t.deepEqual(execBoundingSet(plan.config).sort(), ['chown', 'dac_override', 'fowner', 'fsetid', 'mknod', 'setfcap', 'setgid', 'setpcap', 'setuid', 'sys_admin', 'sys_chroot'].sort());
 });
 
@@ -151,11 +155,19 @@ test('virtiofsd form: every option before --, none after', async (t) => {
   t.true(plan.config.fs.announceSubmounts);
   t.is(plan.config.threadPoolSize, 16);
   const cmd = daemonCommand({ config: plan.config, daemonArgs: plan.daemonArgs, uidMap: parseIdMap(':0:100000:65536:') });
-  t.is(cmd.file, 'setpriv');
-  t.deepEqual(cmd.args.slice(0, 4), ['--pdeathsig', 'KILL', '--', 'unshare']);
-  const sep = cmd.args.indexOf('--', 4);
-  const unshareArgs = cmd.args.slice(4, sep);
-  for (const f of ['--mount', '--pid', '--net', '--ipc', '--uts', '--fork', '--kill-child', '--user', '--map-users=100000,0,65536']) t.true(unshareArgs.includes(f), f);
+  // The launcher execs unshare for the pid (and user) namespace without forking, so the
+  // waiter stays in the host's mount namespace; the daemon makes the others as pid 1.
+  t.true(cmd.file.endsWith('/unshare'), cmd.file);
+  const sep = cmd.argv.indexOf('--');
+  const outer = cmd.argv.slice(1, sep);
+  for (const f of ['--pid', '--user', '--map-users=100000,0,65536']) t.true(outer.includes(f), f);
+  for (const f of ['--fork', '--mount', '--net']) t.false(outer.includes(f), f);
+  t.deepEqual(cmd.argv.slice(sep + 1, sep + 3), ['/bin/sh', '-c']);
+  t.is(cmd.daemon[0], 'unshare');
+  const inner = cmd.daemon.slice(1, cmd.daemon.indexOf('--'));
+  t.deepEqual(inner, ['--mount', '--net', '--ipc', '--uts', '--propagation', 'slave']);
+  const setpriv = cmd.daemon.slice(cmd.daemon.indexOf('--') + 1);
+  t.deepEqual(setpriv.slice(0, 3), ['setpriv', '--pdeathsig', 'KILL']);
 });
 
 test('libvirt form: --fd=N, -o source=...,cache=...,sandbox=...,xattr, --thread-pool-size', async (t) => {

@@ -1,86 +1,78 @@
 #!/usr/bin/env node
-// The daemon's entry point. It runs the process model of DESIGN.md in order:
-// parse options; open what lives outside the shared dir (the listening socket, the
-// /dev/fuse fd, the seccomp policy); start the device worker (before the sandbox,
-// see worker.ts); enter the sandbox and drop privileges on this thread; let the worker
-// drop its own (capabilities are per-thread); install seccomp with TSYNC over every
-// thread; then let the worker serve. This thread stays in Node's event loop so that
-// SIGTERM/SIGINT become a clean stop.
-import { Worker } from 'node:worker_threads';
-import { fileURLToPath } from 'node:url';
+// The daemon's entry point. It runs the process model of DESIGN.md in order, on one thread:
+// parse options; catch the stop signals (stop-signals.ts); open what lives outside the
+// shared dir (the listening socket, the /dev/fuse fd, the seccomp filter: from vfs-launch
+// through an fd, or compiled here when started directly) and load every module serving
+// needs (nothing outside the share can be loaded after pivot_root); enter the sandbox and
+// drop privileges (capabilities are per thread, and this is the thread that serves); install
+// seccomp with TSYNC over every thread; then run the device loop on this main thread.
+// Why no worker thread: a worker isolate costs ~8 MB private and ~12 MB RSS per VM
+// (bench/README.md, "Per-VM cost"), and the one thing the main thread did besides waiting
+// was to turn SIGTERM/SIGINT/SIGHUP into a stop, which the loop now sees in its own epoll set.
+import fs from 'node:fs';
 import { parseDaemonArgs, daemonHelp, UsageError } from './options.js';
 import type { DaemonConfig } from './options.js';
-import type { FromMain, ToMain, TransportSpec } from './worker-messages.js';
 import { logger, setLogLevel, setLogSink, useSyslog, writeStderr } from '../log.js';
 import { connectSyslog, sendSyslog } from '../sys/syslog-calls.js';
-import { closeFd, eventfd, eventfdWrite, pipeCloexec } from '../sys/event-calls.js';
 import { listenUnix } from '../sys/socket-calls.js';
-import { mountFuse } from '../fuse-dev/mount.js';
-import { spawn } from 'node:child_process';
 import { enterSandbox, dropPrivileges, resolveCapabilities } from '../sandbox/index.js';
-import { prepareSeccomp, installSeccomp } from '../sandbox/seccomp/index.js';
-import { makeForbiddenSyscall } from './test-hooks.js';
-import { fileHandleProblem } from '../fs/file-handle-probe.js';
+import { installFilter } from '../sandbox/seccomp/install.js';
+import type { SeccompMode } from '../sandbox/seccomp/install.js';
 import { RLIMIT_NOFILE, getrlimit } from '../sys/process-calls.js';
+import { sigbusGuard, lastGuardError } from '../sys/sigbus-guard.js';
 import { capabilitiesDocument } from './capabilities.js';
+import { watchStopSignals } from './stop-signals.js';
+import { serve } from './serve.js';
+import type { Transport } from './serve.js';
 
 const log = logger('daemon');
 
 /** Largest WRITE a /dev/fuse mount carries in one request (FUSE_MAX_MAX_PAGES * 4 KiB). */
 const FUSE_DEV_MAX_WRITE = 1024 * 1024;
 
-function startWorker(): Promise<Worker> {
-  // Run from source (tsx), the worker is worker.ts and needs tsx's loader registered in its
-  // own thread (execArgv's --import does not reach a worker's entry); from dist it is worker.js.
-  const fromSource = fileURLToPath(import.meta.url).endsWith('.ts');
-  const entry = new URL(fromSource ? './worker.ts' : './worker.js', import.meta.url);
-  const worker = fromSource
-    ? new Worker(
-      `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((m) => { m.register(); return import(${JSON.stringify(entry.href)}); })`,
-      { eval: true },
-    )
-    : new Worker(entry);
-  return new Promise((resolve, reject) => {
-    const onMessage = (m: ToMain): void => {
-      if (m.type === 'ready') {
-        worker.off('message', onMessage);
-        resolve(worker);
-      }
-    };
-    worker.on('message', onMessage);
-    worker.once('error', reject);
-  });
-}
-
-function request(worker: Worker, msg: FromMain, expect: ToMain['type']): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onMessage = (m: ToMain): void => {
-      if (m.type === expect) {
-        worker.off('message', onMessage);
-        resolve();
-      } else if (m.type === 'failed') {
-        worker.off('message', onMessage);
-        reject(new Error(m.message));
-      }
-    };
-    worker.on('message', onMessage);
-    worker.postMessage(msg);
-  });
-}
-
 /** Open the transport endpoint while the host's file system is still visible. */
-function openTransport(cfg: DaemonConfig): TransportSpec {
-  if (cfg.fuseFd !== undefined) return { kind: 'fuse', devFd: cfg.fuseFd, maxWrite: FUSE_DEV_MAX_WRITE };
-  if (cfg.mountpoint !== undefined) {
-    const devFd = mountFuse({ mountpoint: cfg.mountpoint, sourceName: cfg.sharedDir, allowOther: true, readOnly: cfg.fs.readonly });
-    log.info(`mounted ${cfg.sharedDir} on ${cfg.mountpoint}`);
-    return { kind: 'fuse', devFd, maxWrite: FUSE_DEV_MAX_WRITE };
+async function openTransport(cfg: DaemonConfig): Promise<Transport> {
+  if (cfg.fuseFd !== undefined || cfg.mountpoint !== undefined) {
+    // Loaded only for a /dev/fuse transport, and before the sandbox (nothing loads after it).
+    const { runFuseDeviceLoop } = await import('../fuse-dev/fuse-loop.js');
+    let devFd = cfg.fuseFd;
+    if (devFd === undefined) {
+      const { mountFuse } = await import('../fuse-dev/mount.js');
+      devFd = mountFuse({ mountpoint: cfg.mountpoint as string, sourceName: cfg.sharedDir, allowOther: true, readOnly: cfg.fs.readonly });
+      log.info(`mounted ${cfg.sharedDir} on ${cfg.mountpoint}`);
+    }
+    return { kind: 'fuse', devFd, maxWrite: FUSE_DEV_MAX_WRITE, run: runFuseDeviceLoop };
   }
   if (cfg.listenFd !== undefined) return { kind: 'vhost', listenFd: cfg.listenFd, tag: cfg.tag };
   const socketPath = cfg.socketPath as string;
   const listenFd = listenUnix(socketPath, { group: cfg.socketGroup });
   log.info(`listening on ${socketPath}`);
   return { kind: 'vhost', listenFd, tag: cfg.tag };
+}
+
+/** The filter vfs-launch compiled and left in a pipe for us, read whole and closed. */
+function readFilterFd(fd: number): Buffer {
+  const chunks: Buffer[] = [];
+  const buf = Buffer.alloc(64 * 1024);
+  for (;;) {
+    const n = fs.readSync(fd, buf, 0, buf.length, null);
+    if (n === 0) break;
+    chunks.push(Buffer.from(buf.subarray(0, n)));
+  }
+  fs.closeSync(fd);
+  return Buffer.concat(chunks);
+}
+
+/** The seccomp program to install (undefined for --seccomp none) and the policy it came from. */
+async function seccompProgram(cfg: DaemonConfig): Promise<{ mode: SeccompMode; program?: Buffer; from: string }> {
+  if (cfg.seccompBpfFd !== undefined) {
+    const program = readFilterFd(cfg.seccompBpfFd);
+    return { mode: cfg.seccomp, program: cfg.seccomp === 'none' ? undefined : program, from: `compiled by vfs-launch (fd ${cfg.seccompBpfFd})` };
+  }
+  // Started directly: compile here (the compiler and the syscall tables load only then).
+  const { prepareSeccomp } = await import('../sandbox/seccomp/index.js');
+  const prepared = prepareSeccomp(cfg.seccomp, cfg.seccompPolicies);
+  return { mode: cfg.seccomp, program: prepared.filter?.bytes, from: prepared.files.join(', ') };
 }
 
 async function run(argv: string[]): Promise<number> {
@@ -96,40 +88,34 @@ async function run(argv: string[]): Promise<number> {
   if (cfg.logLevel === 'off') setLogSink(() => undefined);
   else setLogLevel(cfg.logLevel);
   for (const note of cfg.notes) log.warn(note);
-  let syslogFd: number | undefined;
   if (cfg.syslog) {
     const fd = connectSyslog();
     useSyslog((msg) => sendSyslog(fd, msg));
-    syslogFd = fd;
   }
 
-  // Signals are caught from here on: one that arrives before the device loop runs is
-  // kept in the stop eventfd, and the loop returns at once when it starts.
-  const stopFd = eventfd();
-  let stopping = false;
-  const stop = (sig: NodeJS.Signals): void => {
-    if (!stopping) log.info(`${sig}: stopping`);
-    stopping = true;
-    eventfdWrite(stopFd);
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-  process.on('SIGHUP', stop);
+  // From here on a stop signal is kept: one that arrives before the loop runs makes it
+  // return at once (checked below), one that arrives later wakes the loop's epoll_wait.
+  const stop = await watchStopSignals(log);
 
   const capabilities = resolveCapabilities(cfg.modcaps);
   // open_by_handle_at needs CAP_DAC_READ_SEARCH (as virtiofsd, which adds it for handles).
   if (cfg.fs.inodeFileHandles !== 'never' && !capabilities.includes('dac_read_search')) capabilities.push('dac_read_search');
-  const seccomp = prepareSeccomp(cfg.seccomp, cfg.seccompPolicies);
-  const transport = openTransport(cfg);
+  const seccomp = await seccompProgram(cfg);
+  const transport = await openTransport(cfg);
   if (cfg.mountpoint !== undefined) await startUnmountWatcher(cfg.mountpoint);
-  const worker = await startWorker();
+  const probe = cfg.fs.inodeFileHandles !== 'never' ? (await import('../fs/file-handle-probe.js')).fileHandleProblem : undefined;
+  const forbidden = cfg.testForbiddenSyscall ? (await import('./test-hooks.js')).makeForbiddenSyscall : undefined;
+  // The SIGBUS guard for guest memory (sys/sigbus-guard.ts), before the sandbox and the filter.
+  if (sigbusGuard() === undefined) log.debug(`no SIGBUS guard: ${lastGuardError()?.message ?? 'unknown'}`);
 
   const sandbox = enterSandbox({ mode: cfg.sandbox, sharedDir: cfg.sharedDir });
+  // rlimit, no_new_privs and the capability drop of the thread that serves (the only one
+  // that ever runs our code); the other threads' bounding set was narrowed at exec (setpriv).
   dropPrivileges({ rlimitNofile: cfg.rlimitNofile, capabilities });
   // The inode table keeps its fds under this limit (src/fs/inodes.ts: the fd budget).
   cfg.fs.fdLimit = Number(getrlimit(RLIMIT_NOFILE).soft);
-  if (cfg.fs.inodeFileHandles !== 'never') {
-    const problem = fileHandleProblem(sandbox.rootFd);
+  if (probe !== undefined) {
+    const problem = probe(sandbox.rootFd);
     if (problem !== undefined && cfg.fs.inodeFileHandles === 'mandatory') {
       throw new Error(`--inode-file-handles=mandatory: file handles cannot be used: ${problem}; use --inode-file-handles=never or prefer`);
     }
@@ -139,28 +125,15 @@ async function run(argv: string[]): Promise<number> {
     }
   }
   log.info(`inodes: ${cfg.fs.inodeFileHandles === 'never' ? 'O_PATH fds' : 'file handles'}, RLIMIT_NOFILE ${cfg.fs.fdLimit}`);
-  await request(worker, { type: 'drop-privileges', capabilities, logLevel: cfg.logLevel, syslogFd }, 'privileges-dropped');
-  installSeccomp(seccomp);
-  if (cfg.testForbiddenSyscall) makeForbiddenSyscall();
+  installFilter(seccomp.mode, seccomp.program, seccomp.from);
+  if (forbidden !== undefined) forbidden();
 
-  return await new Promise<number>((resolve) => {
-    worker.on('message', (m: ToMain) => {
-      if (m.type === 'exit') resolve(m.code);
-      if (m.type === 'failed') resolve(1);
-    });
-    worker.on('error', (err) => {
-      log.error(`device thread failed: ${err.message}`);
-      resolve(1);
-    });
-    worker.postMessage({
-      type: 'serve',
-      rootFd: sandbox.rootFd,
-      procSelfFd: sandbox.procSelfFd,
-      fs: cfg.fs,
-      transport,
-      stopFd,
-    } satisfies FromMain);
-  });
+  if (stop.received() !== undefined) return 0;
+  const code = serve({ rootFd: sandbox.rootFd, procSelfFd: sandbox.procSelfFd, fs: cfg.fs, transport, stopFd: stop.fd });
+  // Let the event loop run the signal handler that stopped us, so its line is logged: libuv
+  // reads its signal pipe in the poll phase of the next turn, after this turn's immediates.
+  for (let turn = 0; turn < 3 && stop.received() === undefined; turn++) await new Promise((r) => setImmediate(r));
+  return code;
 }
 
 /**
@@ -175,6 +148,8 @@ async function run(argv: string[]): Promise<number> {
  * allow, reaches us later.
  */
 async function startUnmountWatcher(mountpoint: string): Promise<void> {
+  const { spawn } = await import('node:child_process');
+  const { closeFd, pipeCloexec } = await import('../sys/event-calls.js');
   const [readEnd, writeEnd] = pipeCloexec();
   const script = 'exec 3<&0; { read _ignored <&3; exec umount -l -- "$1"; } & exit 0';
   const shell = spawn('/bin/sh', ['-c', script, 'vfs-unmount', mountpoint], { stdio: [readEnd, 'ignore', 'inherit'] });

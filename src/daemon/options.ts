@@ -45,6 +45,8 @@ export interface DaemonConfig {
   printCapabilities: boolean;
   /** Test-only: make one forbidden syscall after the sandbox is in place. */
   testForbiddenSyscall: boolean;
+  /** vfs-launch only: an fd holding the seccomp filter it compiled (struct sock_filter array). */
+  seccompBpfFd?: number;
 }
 
 type Kind = 'flag' | 'string' | 'int';
@@ -108,7 +110,11 @@ const OPTIONS: Record<string, OptionSpec> = {
   'thread-pool-size': { kind: 'int', help: 'accepted for compatibility; requests are served on one thread', apply: (c, v) => { c.threadPoolSize = Number(v); } },
   'print-capabilities': { kind: 'flag', help: 'print the vhost-user.json capabilities and exit', apply: on((c) => { c.printCapabilities = true; }) },
   'test-forbidden-syscall': { kind: 'flag', help: 'test hook: make a syscall the policy forbids', apply: on((c) => { c.testForbiddenSyscall = true; }) },
+  'seccomp-bpf-fd': { kind: 'int', help: 'set by vfs-launch: fd of the filter it compiled', apply: (c, v) => { c.seccompBpfFd = Number(v); } },
 };
+
+/** Options only vfs-launch passes: not in --help, refused from users by the launcher. */
+export const INTERNAL_OPTIONS: readonly string[] = ['test-forbidden-syscall', 'seccomp-bpf-fd'];
 
 /**
  * virtiofsd options vfs does not implement, each with what to do instead: a drop-in user
@@ -293,7 +299,7 @@ export function parseDaemonArgs(argv: readonly string[]): DaemonConfig {
 
 export function daemonHelp(): string {
   const lines = Object.entries(OPTIONS)
-    .filter(([name]) => name !== 'test-forbidden-syscall')
+    .filter(([name]) => !INTERNAL_OPTIONS.includes(name))
     .map(([name, s]) => `  --${name}${s.kind === 'flag' ? '' : ' VALUE'}`.padEnd(34) + s.help);
   return `Usage: vfs-daemon --shared-dir DIR (--socket-path PATH | --fd N | --mountpoint DIR) [options]\n${lines.join('\n')}\n`;
 }

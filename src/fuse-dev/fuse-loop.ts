@@ -4,7 +4,7 @@
 // a stop eventfd so the daemon's main thread can end it on SIGTERM; it ends by itself when
 // the file system is unmounted (ENODEV) or DESTROY was served.
 import { constants as osConstants } from 'node:os';
-import { Epoll, EPOLLIN, eventfdRead } from '../sys/event-calls.js';
+import { Epoll, EPOLLIN } from '../sys/event-calls.js';
 import { readInto, writeFrom, setNonBlocking } from '../sys/fuse-dev-calls.js';
 import type { FuseSession } from '../fs/session.js';
 import { logger } from '../log.js';
@@ -36,7 +36,7 @@ export function fuseBufferSize(maxWrite: number): number {
 export interface FuseLoopConfig {
   /** The /dev/fuse fd returned by mountFuse (or passed in with --fuse-fd). */
   devFd: number;
-  /** An eventfd; any write to it ends the loop (returns 0). */
+  /** Readable when the loop must end (returns 0): an eventfd, or the daemon's signal pipe; never read here. */
   stopFd: number;
   session: FuseSession;
   /** Size of the request and reply buffers: fuseBufferSize(maxWrite) or more. */
@@ -129,7 +129,7 @@ class DeviceLoop {
         for (let i = 0; i < count; i++) {
           const tok = ep.token(i);
           if (tok === TOKEN_STOP) {
-            eventfdRead(stopFd);
+            // Not drained: it may be libuv's signal pipe (src/daemon/stop-signals.ts), whose messages are libuv's.
             log.debug('stop requested');
             return 0;
           }

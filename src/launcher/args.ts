@@ -11,7 +11,7 @@ import { parseIdMap } from './idmap.js';
 
 export { UsageError } from '../daemon/options.js';
 
-/** fd number the launcher's /dev/fuse fd has in the daemon (stdio slot). */
+/** Placeholder --fuse-fd value while parsing; run.ts puts the real fd number in. */
 export const FUSE_FD_IN_DAEMON = 3;
 
 export interface LaunchPlan {
@@ -25,6 +25,8 @@ export interface LaunchPlan {
   printCapabilities: boolean;
   help: boolean;
   version: boolean;
+  /** The seccomp filter compiled while validating, handed to the daemon (run.ts). */
+  seccompProgram?: Buffer;
 }
 
 const LAUNCHER_VALUE_OPTIONS = ['uid-map', 'gid-map', 'mountpoint'] as const;
@@ -91,6 +93,7 @@ export function parseLaunchArgs(argv: readonly string[]): LaunchPlan {
   // Say the sandbox settings explicitly (same values: never a conflict), so `ps` shows them.
   daemonArgs.push('--sandbox', first.sandbox, '--seccomp', first.seccomp);
   plan.config = parseDaemonArgs(daemonArgs);
+  if (plan.config.seccompBpfFd !== undefined) throw new UsageError('--seccomp-bpf-fd: set by vfs-launch itself; remove it');
   plan.daemonArgs = daemonArgs;
   if (plan.config.sandbox !== 'namespace' && (plan.uidMap !== undefined || plan.gidMap !== undefined)) {
     throw new UsageError(`--uid-map/--gid-map: only meaningful with --sandbox namespace (got --sandbox ${plan.config.sandbox}); drop the map or use namespace`);

@@ -1,13 +1,32 @@
-// How vfs-launch starts the daemon. The namespaces must exist before Node starts (a
-// multi-threaded process cannot unshare a user namespace, and unshare(CLONE_NEWNS) moves
-// one thread only; DESIGN.md), so namespace mode goes through util-linux unshare. Inside
-// it a tiny sh is pid 1 and waits for the daemon: unshare 2.38 loses the signal when its
-// child is killed, sh reports it as 128+N. setpriv then narrows the bounding set and sets
-// no_new_privs before Node's first thread exists, so the threads Node starts on its own
-// (V8 platform, libuv pool) never hold more than the kept set plus what the sandbox stage
-// needs; the daemon drops the rest on its main and device threads. The process tree is
-// vfs-launch -> setpriv(pdeathsig)=unshare -> sh -> setpriv=node (namespace) or
-// vfs-launch -> setpriv=node (chroot, none).
+// How vfs-launch becomes the daemon. The launcher validates everything in Node, then
+// replaces itself (execve, same pid: the process libvirt started) with a tiny waiter, so
+// what stays running for a VM is that waiter (dash, ~0.1 MB private) and the daemon:
+//
+//   namespace:   [vfs-launch =exec=> unshare --pid [--user ...] =exec=> sh (waiter)]
+//                    -> unshare --mount --net --ipc --uts =exec=> setpriv =exec=> node (pid 1)
+//   chroot/none: [vfs-launch =exec=> sh (waiter)] -> setpriv =exec=> node
+//
+// The namespaces must exist before Node starts (a multi-threaded process cannot unshare a
+// user namespace, and unshare(CLONE_NEWNS) moves one thread only; DESIGN.md). The outer
+// unshare does not fork: it leaves the waiter in the host's pid and mount namespaces (a
+// waiter in the daemon's mount namespace would be pivoted into the share with it and exec
+// the guest's files) with only its children in the new pid namespace, so the daemon itself
+// is pid 1 there, with no sh between. util-linux unshare --fork is not used as the waiter:
+// 2.38 blocks SIGTERM and SIGINT and never forwards them. The waiter forwards SIGTERM,
+// SIGINT and SIGHUP to the daemon (the daemon handles all three, so pid 1 of the pid
+// namespace receives them), waits for it, and exits 0 when it did; on any other end, or to
+// undo a --mountpoint mount, it execs the epilogue (epilogue.ts, Node, started only then):
+// it says how the daemon ended, names the system call of a seccomp kill from the kernel's
+// audit record, and exits with the status. In namespace mode the waiter's children are
+// born in the daemon's pid namespace: once that init is gone it can neither fork nor start
+// a thread (clone(CLONE_THREAD) needs the children's pid namespace to be its own), so it
+// uses builtins only and reaches the epilogue through nsenter -F --pid=/proc/self/ns/pid,
+// which points its children back at its own pid namespace before exec'ing Node. That
+// needs CAP_SYS_ADMIN over the host's pid namespace (root); in a user namespace the waiter
+// prints the end itself, by number. setpriv narrows the bounding set and sets
+// no_new_privs before Node's first thread exists (the threads Node starts on its own never
+// hold more than the kept set plus what the sandbox stage needs) and sets the daemon's
+// parent-death signal: a SIGKILL of the waiter takes the daemon with it.
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,10 +36,13 @@ import type { IdMap } from './idmap.js';
 import { unshareMapArg } from './idmap.js';
 import { isRoot } from './validate.js';
 
-export interface DaemonCommand {
+/** What the launcher execs: `file` with `argv` (argv[0] included) and `env`. */
+export interface ExecPlan {
   file: string;
-  args: string[];
+  argv: string[];
   env: Record<string, string>;
+  /** The daemon's command line (node and its arguments), as the waiter starts it. */
+  daemon: string[];
 }
 
 export interface CommandInputs {
@@ -30,23 +52,66 @@ export interface CommandInputs {
   gidMap?: IdMap;
   /** Override the daemon entry script (tests). */
   daemonEntry?: string;
+  /** --mountpoint: the epilogue unmounts it after the daemon ends. */
+  unmount?: string;
+  /** Environment of the launcher, passed on (default process.env). */
+  env?: Readonly<Record<string, string | undefined>>;
 }
 
-/** The pid-1 waiter inside the pid namespace: run the daemon, exit with its status. */
-const INIT_SCRIPT = '"$@"; s=$?; exit $s';
+/**
+ * V8 and Node flags of the daemon, chosen by measurement (bench/README.md, "Per-VM cost"):
+ * --v8-pool-size=0 leaves no V8 worker threads (the daemon has nothing to compile or
+ * collect concurrently), and a small young generation bounds the memory a request
+ * stream's short-lived objects make resident.
+ */
+export const DAEMON_NODE_FLAGS: readonly string[] = ['--v8-pool-size=0', '--max-semi-space-size=1'];
 
 /**
- * The daemon's entry and the node arguments to run it: dist/daemon/main.js next to a built
- * launcher, src/daemon/main.ts through tsx when the launcher itself runs from source.
+ * The waiter (sh -c, $0 = vfs-launch). $1: the epilogue command, shell-quoted; $2: 1 when
+ * it must run even after a clean exit (an unmount to do); the rest: the daemon's command.
+ * A signal before the daemon's pid is known is remembered and forwarded once it is. `wait`
+ * returns early when a trapped signal arrives; the loop waits again while the daemon
+ * lives. A status lost to that race (the daemon ended as the signal came) is fetched again.
  */
-export function daemonNodeArgs(entryOverride?: string): string[] {
+const WAITER_SCRIPT = [
+  'e=$1; a=$2; shift 2; p=; t=',
+  "trap 'p=TERM' TERM; trap 'p=INT' INT; trap 'p=HUP' HUP",
+  '"$@" & d=$!',
+  'fw() { t=1; kill -"$1" "$d" 2>/dev/null; }',
+  "trap 'fw TERM' TERM; trap 'fw INT' INT; trap 'fw HUP' HUP",
+  '[ -n "$p" ] && fw "$p"',
+  'while :; do wait "$d"; s=$?; kill -0 "$d" 2>/dev/null || break; done',
+  'if [ -n "$t" ] && [ "$s" -gt 128 ]; then wait "$d"; r=$?; [ "$r" -ne 127 ] && s=$r; fi',
+  '[ "$s" -eq 0 ] && [ "$a" != 1 ] && exit 0',
+  '[ -n "$e" ] && eval "exec $e $s $d"',
+  '[ "$s" -eq 0 ] && exit 0',
+  'if [ "$s" -gt 128 ]; then printf "vfs-launch: daemon killed by signal %d\\n" $((s - 128)) >&2',
+  'else printf "vfs-launch: daemon exited with status %d\\n" "$s" >&2; fi',
+  'exit "$s"',
+].join('\n');
+
+/** Quote one word for sh. */
+export function shellQuote(word: string): string {
+  return `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+function fromSource(): boolean {
+  return fileURLToPath(import.meta.url).endsWith('.ts');
+}
+
+/** node arguments that run one of our entry points (dist .js, or .ts through tsx from source). */
+function entryArgs(dir: string, name: string, override?: string): string[] {
   const here = fileURLToPath(import.meta.url);
-  const fromSource = here.endsWith('.ts');
-  const entry = entryOverride ?? path.join(path.dirname(here), '..', 'daemon', fromSource ? 'main.ts' : 'main.js');
+  const entry = override ?? path.join(path.dirname(here), '..', dir, fromSource() ? `${name}.ts` : `${name}.js`);
   const resolved = path.resolve(entry);
   if (!resolved.endsWith('.ts')) return [resolved];
   // The absolute loader URL keeps working whatever the daemon's cwd is.
   return ['--import', import.meta.resolve('tsx'), resolved];
+}
+
+/** The daemon's entry and the node arguments to run it (flags first). */
+export function daemonNodeArgs(entryOverride?: string): string[] {
+  return [...DAEMON_NODE_FLAGS, ...entryArgs('daemon', 'main', entryOverride)];
 }
 
 /** Capabilities the daemon's process may hold at exec: the kept set plus what setup needs. */
@@ -59,8 +124,9 @@ export function execBoundingSet(config: DaemonConfig): string[] {
   return [...caps];
 }
 
-function unshareArgs(inputs: CommandInputs): string[] {
-  const args = ['--mount', '--pid', '--net', '--ipc', '--uts', '--fork', '--kill-child', '--propagation', 'slave'];
+/** The outer unshare: the pid namespace (children only) and, unprivileged, the user namespace. */
+function outerUnshareArgs(inputs: CommandInputs): string[] {
+  const args = ['--pid'];
   if (inputs.uidMap !== undefined || inputs.gidMap !== undefined) {
     args.push('--user');
     if (inputs.uidMap !== undefined) args.push(`--map-users=${unshareMapArg(inputs.uidMap)}`);
@@ -74,43 +140,55 @@ function unshareArgs(inputs: CommandInputs): string[] {
   return args;
 }
 
-/** The full command line that starts the daemon for this plan. */
-export function daemonCommand(inputs: CommandInputs): DaemonCommand {
-  const env = { UV_USE_IO_URING: '0' };
+/** The daemon's own namespaces, made by its first process (pid 1 of the new pid namespace). */
+export const INNER_UNSHARE_ARGS: readonly string[] = ['--mount', '--net', '--ipc', '--uts', '--propagation', 'slave'];
+
+/** Absolute path of a program on PATH (execve does no search). */
+export function which(name: string, envPath = process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'): string {
+  for (const dir of envPath.split(':')) {
+    if (dir === '') continue;
+    const p = path.join(dir, name);
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      return p;
+    } catch {
+      // next
+    }
+  }
+  throw new Error(`${name} not found on PATH (${envPath}); install util-linux`);
+}
+
+/** The epilogue's command line, without the status and pid the waiter appends; [] when it cannot run. */
+function epilogueCommand(inputs: CommandInputs, userNamespace: boolean): string[] {
+  const cfg = inputs.config;
+  const args = [process.execPath, ...entryArgs('launcher', 'epilogue'), '--sandbox', cfg.sandbox, '--seccomp', cfg.seccomp];
+  if (inputs.unmount !== undefined) args.push('--unmount', inputs.unmount);
+  if (cfg.sandbox !== 'namespace') return args;
+  if (userNamespace) return [];
+  return ['nsenter', '-F', '--pid=/proc/self/ns/pid', '--', ...args];
+}
+
+/** The full exec plan for this launch. */
+export function daemonCommand(inputs: CommandInputs): ExecPlan {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(inputs.env ?? process.env)) if (v !== undefined) env[k] = v;
+  env.UV_USE_IO_URING = '0';
   const node = [process.execPath, ...daemonNodeArgs(inputs.daemonEntry), ...inputs.daemonArgs];
   const mode = inputs.config.sandbox;
   // Unprivileged outside a user namespace there is nothing to bound (and no CAP_SETPCAP).
   const privileged = isRoot() || mode === 'namespace';
+  // A namespace init ignores a SIGTERM it has no handler for yet; SIGKILL always lands.
+  const pdeath = ['--pdeathsig', mode === 'namespace' ? 'KILL' : 'TERM'];
   const setpriv = privileged
-    ? ['setpriv', `--bounding-set=-all,${execBoundingSet(inputs.config).map((c) => `+${c}`).join(',')}`, '--no-new-privs', '--']
-    : ['setpriv', '--no-new-privs', '--'];
-  // If the launcher dies without forwarding anything (SIGKILL), its child gets a signal too:
-  // unshare is killed, and --kill-child takes the whole namespace with it; a direct daemon
-  // gets SIGTERM and stops cleanly.
+    ? ['setpriv', ...pdeath, `--bounding-set=-all,${execBoundingSet(inputs.config).map((c) => `+${c}`).join(',')}`, '--no-new-privs', '--']
+    : ['setpriv', ...pdeath, '--no-new-privs', '--'];
+  const daemon = mode === 'namespace' ? ['unshare', ...INNER_UNSHARE_ARGS, '--', ...setpriv, ...node] : [...setpriv, ...node];
+  const sh = '/bin/sh';
+  const outer = outerUnshareArgs(inputs);
+  const epilogue = epilogueCommand(inputs, outer.includes('--user'));
+  const waiter = ['-c', WAITER_SCRIPT, 'vfs-launch', epilogue.map(shellQuote).join(' '), inputs.unmount !== undefined ? '1' : '0', ...daemon];
   if (mode === 'namespace') {
-    return { file: 'setpriv', args: ['--pdeathsig', 'KILL', '--', 'unshare', ...unshareArgs(inputs), '--', '/bin/sh', '-c', INIT_SCRIPT, 'vfs-init', ...setpriv, ...node], env };
+    return { file: which('unshare', env.PATH), argv: ['unshare', ...outer, '--', sh, ...waiter], env, daemon };
   }
-  return { file: setpriv[0], args: ['--pdeathsig', 'TERM', ...setpriv.slice(1), ...node], env };
-}
-
-/** Children of a process (needs CONFIG_PROC_CHILDREN, which Debian kernels have). */
-function childrenOf(pid: number): number[] {
-  try {
-    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter((s) => s !== '').map(Number);
-  } catch {
-    return [];
-  }
-}
-
-/**
- * The daemon's pid as seen from here: the spawned process itself (chroot/none, setpriv
- * execs node), or the spawned process's grandchild (unshare -> sh -> node) in namespace mode.
- */
-export function findDaemonPid(spawnedPid: number, mode: DaemonConfig['sandbox']): number | undefined {
-  if (mode !== 'namespace') return spawnedPid;
-  for (const init of childrenOf(spawnedPid)) {
-    const daemon = childrenOf(init)[0];
-    if (daemon !== undefined) return daemon;
-  }
-  return undefined;
+  return { file: sh, argv: ['vfs-launch', ...waiter], env, daemon };
 }

@@ -135,6 +135,11 @@ bind('mount-calls', 'chroot', 'setup', 'chroot');
 bind('mount-calls', 'chdir', 'setup', 'chdir');
 bind('mount-calls', 'fchdir', 'setup', 'fchdir');
 
+// exec-calls: vfs-launch replacing itself with the daemon's start-up chain (never in the daemon).
+bind('exec-calls', 'execve', 'setup', 'execve');
+bind('exec-calls', 'keepAcrossExec', 'setup', 'fcntl', 'F_GETFD then F_SETFD on the fds handed to the daemon');
+bindArch('exec-calls', 'dupTo', 'setup', 'dup2', 'dup3', 'aarch64 has no dup2: glibc issues dup3 with flags 0');
+
 // process-calls: privileges, before the filter.
 bind('process-calls', 'prctl', 'setup', 'prctl');
 bind('process-calls', 'gettid', 'setup', 'gettid');
@@ -193,7 +198,7 @@ export const SYSCALL_MAP: readonly BindingEntry[] = entries;
  * and worker.ts straddle the filter and are checked by review, not by this list.
  */
 export const SERVING_MODULES: readonly string[] = [
-  'fs/*', 'vhost/*', 'fuse-dev/fuse-loop', 'log',
+  'fs/*', 'vhost/*', 'fuse-dev/fuse-loop', 'log', 'daemon/serve',
 ];
 
 export function bindingEntry(module: string, binding: string): BindingEntry | undefined {
