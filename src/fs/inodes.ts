@@ -23,6 +23,20 @@ const EMPTY = Buffer.from([0]);
 const ESTALE = 116;
 const ENOENT = 2;
 
+/** fds below this get their "<fd>\0" name made once and kept (fd numbers are reused). */
+const FD_NAME_CACHE = 1 << 16;
+const fdNames: (Buffer | undefined)[] = [];
+
+/**
+ * "<fd>\0", the name of an fd under /proc/self/fd (for reopening through procSelfFd). Kept
+ * per fd number: a template string plus Buffer.from per CREATE and OPEN showed in profiles.
+ * The Buffers are shared: callers never write into them.
+ */
+export function fdName(fd: number): Buffer {
+  if (fd < 0 || fd >= FD_NAME_CACHE) return Buffer.from(`${fd}\0`);
+  return (fdNames[fd] ??= Buffer.from(`${fd}\0`));
+}
+
 export class Inode {
   /** Next inode with the same hash. */
   next: Inode | null = null;
@@ -60,7 +74,7 @@ export class Inode {
    * most inodes (a READDIRPLUS listing, say) are never reopened.
    */
   get procName(): Buffer {
-    return (this.proc ??= Buffer.from(`${this.fd}\0`));
+    return (this.proc ??= fdName(this.fd));
   }
 
   /** Can the fd be given up and found again? */

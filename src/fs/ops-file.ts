@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import {
   AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_ACCMODE, O_APPEND, O_CLOEXEC, O_CREAT, O_DIRECT, O_EXCL, O_NOATIME, O_NOCTTY, O_NOFOLLOW,
   O_PATH, O_RDONLY, O_RDWR, O_TMPFILE, O_TRUNC, O_WRONLY, STX, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, close, copyFileRange, dup, fallocate as fallocateCall, fsync as fsyncCall,
-  lseek as lseekCall, openat, statx,
+  lseek as lseekCall, openat, preadvAddr, pwritevAddr, statx,
 } from '../sys/file-calls.js';
 import { errnoOf } from '../sys/libc.js';
 import {
@@ -14,6 +14,9 @@ import {
   FlushIn, FsyncIn, LseekIn, LseekOut, OpenIn, OpenOut, ReadIn, ReleaseIn, WriteIn, WriteOut,
 } from './fuse-abi.js';
 import { newNameRef, parseEntryName } from './names.js';
+import { IovecList, OUT_HEADER_SIZE } from './request.js';
+import { fdName } from './inodes.js';
+import type { Segments } from './session.js';
 import { E, EMPTY_NAME, STATX_MASK, type FsState } from './state.js';
 import { setU32, u16 } from '../le-bytes.js';
 
@@ -21,6 +24,7 @@ const nameA = newNameRef();
 const offIn = Buffer.alloc(8);
 const offOut = Buffer.alloc(8);
 const DOT = Buffer.from('.\0');
+const iovs = new IovecList();
 
 /** Client open flags -> host open flags, per --writeback and --allow-direct-io. */
 export function hostOpenFlags(s: FsState, flags: number): number {
@@ -120,7 +124,7 @@ function createCommon(s: FsState, tmp: boolean): number {
   }
   if (fd < 0) return fd;
   // The O_PATH inode is the very file we opened (no second lookup by name to race with).
-  if (pfd < 0) pfd = openat(s.procSelfFd, Buffer.from(`${fd}\0`), O_PATH | O_CLOEXEC);
+  if (pfd < 0) pfd = openat(s.procSelfFd, fdName(fd), O_PATH | O_CLOEXEC);
   if (pfd < 0) {
     close(fd);
     return pfd;
@@ -146,7 +150,7 @@ function openExisting(s: FsState, pfd: number, hf: number): number {
   if (r < 0) return r;
   const type = u16(s.stx, STX.mode) & S_IFMT;
   if (type !== S_IFREG) return type === S_IFDIR ? -E.EISDIR : type === S_IFLNK ? -E.ELOOP : -E.ENXIO;
-  return s.asCaller(() => openat(s.procSelfFd, Buffer.from(`${pfd}\0`), hf));
+  return s.asCaller(() => openat(s.procSelfFd, fdName(pfd), hf));
 }
 
 export function create(s: FsState): number {
@@ -165,15 +169,39 @@ export function read(s: FsState): number {
   const pos = req.u64(ReadIn.off.offset);
   const size = s.reply.room(req.u32(ReadIn.off.size));
   if (size === 0) return 0;
-  const iov = s.reply.dataIov(size);
+  const t = s.reply.target;
   let n: number;
-  try {
-    n = fs.readvSync(h.fd, iov, pos);
-  } catch (err) {
-    return -errnoOf(err);
+  if (t !== undefined && t.addressed) {
+    // Guest memory by address: no view per descriptor (see IovecList).
+    n = rangesIo(h.fd, t, OUT_HEADER_SIZE, OUT_HEADER_SIZE + size, pos, false);
+    if (n < 0) return n;
+  } else {
+    try {
+      n = fs.readvSync(h.fd, s.reply.dataIov(size), pos);
+    } catch (err) {
+      return -errnoOf(err);
+    }
   }
   s.reply.dataInPlace = true;
   return n;
+}
+
+/**
+ * preadv/pwritev of the bytes [from, to) of `segs` (every range with an address) at file
+ * offset `pos`, IOV_MAX ranges per call, until done or short. Returns bytes moved, or
+ * -errno when the first call fails.
+ */
+function rangesIo(fd: number, segs: Segments, from: number, to: number, pos: number, write: boolean): number {
+  let done = 0;
+  while (from + done < to) {
+    iovs.fill(segs, from + done, to);
+    if (iovs.count === 0) break;
+    const r = write ? pwritevAddr(fd, iovs.buf, iovs.count, pos + done) : preadvAddr(fd, iovs.buf, iovs.count, pos + done);
+    if (r < 0) return done > 0 ? done : r;
+    done += r;
+    if (r < iovs.bytes) break;
+  }
+  return done;
 }
 
 export function write(s: FsState): number {
@@ -188,9 +216,9 @@ export function write(s: FsState): number {
   if ((req.u32(WriteIn.off.writeFlags) & FUSE_WRITE_KILL_SUIDGID) !== 0) {
     // The client asks us to clear setuid/setgid as the host would for a writer without
     // CAP_FSETID: write with the caller's ids (only this path pays for the switch).
-    n = s.asCaller(() => writev(h.fd, req.payload, pos));
+    n = s.asCaller(() => writePayload(s, h.fd, pos));
   } else {
-    n = writev(h.fd, req.payload, pos);
+    n = writePayload(s, h.fd, pos);
   }
   if (n < 0) return n;
   setU32(s.reply.out, 16 + WriteOut.off.size, n);
@@ -198,9 +226,13 @@ export function write(s: FsState): number {
   return WriteOut.size;
 }
 
-function writev(fd: number, iov: Buffer[], pos: number): number {
+function writePayload(s: FsState, fd: number, pos: number): number {
+  const req = s.req;
+  const src = req.source;
+  if (req.payloadLen === 0 || src === undefined) return 0;
+  if (src.addressed) return rangesIo(fd, src, req.payloadFrom, req.payloadFrom + req.payloadLen, pos, true);
   try {
-    return iov.length === 0 ? 0 : fs.writevSync(fd, iov, pos);
+    return fs.writevSync(fd, req.payload, pos);
   } catch (err) {
     return -errnoOf(err);
   }

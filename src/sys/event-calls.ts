@@ -44,11 +44,17 @@ export function closeFd(fd: number): void {
 }
 
 const counter = Buffer.alloc(8);
+/** The common value, encoded once: writeBigUInt64LE per interrupt showed in profiles. */
+const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
 /** Add `value` to an eventfd's counter (a kick, a call, or a stop request). */
 export function eventfdWrite(fd: number, value = 1n): void {
-  counter.writeBigUInt64LE(value, 0);
-  const n = Number(writeRaw(fd, counter, 8));
+  let buf = ONE;
+  if (value !== 1n) {
+    counter.writeBigUInt64LE(value, 0);
+    buf = counter;
+  }
+  const n = Number(writeRaw(fd, buf, 8));
   if (n < 0 && lastErrno() !== EAGAIN) throw new SysError('write(eventfd)', lastErrno());
 }
 

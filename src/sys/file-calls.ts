@@ -48,6 +48,8 @@ const fsetxattrRaw = libc.func('int fsetxattr(int fd, const char *name, const vo
 const flistxattrRaw = libc.func('long flistxattr(int fd, void *list, unsigned long size)');
 const fremovexattrRaw = libc.func('int fremovexattr(int fd, const char *name)');
 const syscall6 = libc.func('syscall', 'long', ['long', 'long', 'long', 'long', 'long', 'long', 'long']);
+const preadvRaw = libc.func('long preadv(int fd, void *iov, int iovcnt, int64_t offset)');
+const pwritevRaw = libc.func('long pwritev(int fd, void *iov, int iovcnt, int64_t offset)');
 
 export const AT_FDCWD = -100;
 export const AT_SYMLINK_NOFOLLOW = 0x100;
@@ -182,6 +184,22 @@ export function lseek(fd: number, offset: number | bigint, whence: number): numb
 /** offIn/offOut: 8-byte Buffers holding loff_t, updated by the kernel. */
 export function copyFileRange(fdIn: number, offIn: Buffer, fdOut: number, offOut: Buffer, len: number, flags: number): number {
   const r = Number(copyFileRangeRaw(fdIn, offIn, fdOut, offOut, len, flags));
+  return r < 0 ? errno() : r;
+}
+
+/**
+ * preadv over a struct iovec array the caller filled with raw host addresses (guest memory
+ * mapped by this process; see fs/request.ts IovecList). fs.readvSync needs a Buffer view
+ * per range and validates each; this takes the addresses as they are.
+ */
+export function preadvAddr(fd: number, iov: Buffer, iovcnt: number, offset: number): number {
+  const r = Number(preadvRaw(fd, iov, iovcnt, offset));
+  return r < 0 ? errno() : r;
+}
+
+/** pwritev over raw host addresses, as preadvAddr. */
+export function pwritevAddr(fd: number, iov: Buffer, iovcnt: number, offset: number): number {
+  const r = Number(pwritevRaw(fd, iov, iovcnt, offset));
   return r < 0 ? errno() : r;
 }
 

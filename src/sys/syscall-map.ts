@@ -90,6 +90,8 @@ bind('file-calls', 'fallocate', 'serving', 'fallocate');
 bind('file-calls', 'lseek', 'serving', 'lseek');
 bind('file-calls', 'copyFileRange', 'serving', 'copy_file_range');
 bind('file-calls', 'getdents64', 'serving', 'getdents64');
+bind('file-calls', 'preadvAddr', 'serving', 'preadv', 'vhost READ into guest memory by host address (glibc preadv: the preadv syscall)');
+bind('file-calls', 'pwritevAddr', 'serving', 'pwritev', 'vhost WRITE from guest memory by host address (glibc pwritev: the pwritev syscall)');
 bind('file-calls', 'fsync', 'serving', ['fsync', 'fdatasync']);
 bind('file-calls', 'syncfs', 'serving', 'syncfs');
 bind('file-calls', 'fstatfs', 'serving', 'fstatfs');

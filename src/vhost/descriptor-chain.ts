@@ -1,10 +1,12 @@
-// Walking one split-virtqueue descriptor chain into Buffer views of guest memory: the
-// device-readable part, then the device-writable part, following NEXT links and at most
-// one INDIRECT table. Everything in the table is written by the guest and untrusted: each
+// Walking one split-virtqueue descriptor chain into ranges of guest memory (Segments: the
+// window each range lies in, its offset there and its host address; no Buffer view is made
+// per descriptor): the device-readable part, then the device-writable part, following NEXT
+// links and at most one INDIRECT table. Everything in the table is written by the guest and untrusted: each
 // descriptor is read once, every index and length is checked, the walk is bounded by the
 // table size (a loop cannot spin), and a chain that breaks a rule is reported as an error
 // string instead of partial views, so nothing outside guest memory is ever touched.
 import type { GuestMemory } from './guest-memory.js';
+import { Segments } from '../fs/session.js';
 import { u16, u32 } from '../le-bytes.js';
 
 // struct virtq_desc: le64 addr, le32 len, le16 flags, le16 next.
@@ -26,32 +28,45 @@ export const MAX_QUEUE_SIZE = 32768;
 const ADDR_HI_LIMIT = 0x200000;
 const U32_MAX = 0xffffffff;
 
-/** A walked chain: reused from request to request so the hot path allocates no arrays. */
+/** A walked chain: reused from request to request so the hot path allocates nothing. */
 export class DescriptorChain {
   head = 0;
-  readonly readable: Buffer[] = [];
-  readonly writable: Buffer[] = [];
-  readableBytes = 0;
-  writableBytes = 0;
+  /** The device-readable and device-writable ranges, in chain order. */
+  readonly readSegs = new Segments();
+  readonly writeSegs = new Segments();
   descriptors = 0;
   /** Why the chain was rejected, or undefined when it is well formed. */
   error: string | undefined = undefined;
 
+  get readableBytes(): number {
+    return this.readSegs.bytes;
+  }
+
+  get writableBytes(): number {
+    return this.writeSegs.bytes;
+  }
+
+  /** Views of the readable ranges (allocates: for tests and slow paths). */
+  get readable(): Buffer[] {
+    return this.readSegs.views();
+  }
+
+  /** Views of the writable ranges (allocates: for tests and slow paths). */
+  get writable(): Buffer[] {
+    return this.writeSegs.views();
+  }
+
   reset(head: number): void {
     this.head = head;
-    this.readable.length = 0;
-    this.writable.length = 0;
-    this.readableBytes = 0;
-    this.writableBytes = 0;
+    this.readSegs.clear();
+    this.writeSegs.clear();
     this.descriptors = 0;
     this.error = undefined;
   }
 
   fail(reason: string): void {
-    this.readable.length = 0;
-    this.writable.length = 0;
-    this.readableBytes = 0;
-    this.writableBytes = 0;
+    this.readSegs.clear();
+    this.writeSegs.clear();
     this.error = reason;
   }
 }
@@ -126,18 +141,16 @@ export function walkChain(mem: GuestMemory, table: Buffer, tableSize: number, he
     }
     if ((flags & VRING_DESC_F_WRITE) !== 0) {
       seenWritable = true;
-      if (len > U32_MAX - chain.writableBytes) return chain.fail('writable length overflows 32 bits');
-      if (!mem.guestSegments(addr, len, chain.writable)) {
+      if (len > U32_MAX - chain.writeSegs.bytes) return chain.fail('writable length overflows 32 bits');
+      if (!mem.guestRanges(addr, len, chain.writeSegs)) {
         return chain.fail(`descriptor ${index}: writable buffer 0x${addr.toString(16)}+${len} outside guest memory`);
       }
-      chain.writableBytes += len;
     } else {
       if (seenWritable) return chain.fail(`descriptor ${index}: device-readable descriptor after a writable one`);
-      if (len > U32_MAX - chain.readableBytes) return chain.fail('readable length overflows 32 bits');
-      if (!mem.guestSegments(addr, len, chain.readable)) {
+      if (len > U32_MAX - chain.readSegs.bytes) return chain.fail('readable length overflows 32 bits');
+      if (!mem.guestRanges(addr, len, chain.readSegs)) {
         return chain.fail(`descriptor ${index}: readable buffer 0x${addr.toString(16)}+${len} outside guest memory`);
       }
-      chain.readableBytes += len;
     }
     if ((flags & VRING_DESC_F_NEXT) === 0) return;
     index = next;

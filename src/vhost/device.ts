@@ -41,14 +41,17 @@ export const MAX_WRITE = 1 << 20;
 export const DEFAULT_REQUEST_QUEUES = 16;
 
 /**
- * Publish used entries (and interrupt, when EVENT_IDX says the driver waits) after this
- * many completions in a row. Measured with bench/vhost-bench.ts at queue depth 16: with 32
- * the guest saw no completion until a whole batch was served, so guest and device took
- * turns instead of overlapping (4k-write 35k ops/s, getattr 38k); publishing each
- * completion, as virtiofsd does, gave 58k and 65k in the same run. EVENT_IDX still keeps
- * the interrupts down to the ones the driver asks for.
+ * Interrupt decisions per this many completions. Each completion is made visible in
+ * used->idx at once; the interrupt (a write to the call eventfd: a syscall and a wake-up,
+ * ~20% of the daemon's CPU in a GETATTR stream) is decided after every completion, as
+ * virtiofsd does. Measured with vufs at QD16 (bench/README.md, "CPU per request"): deciding
+ * once per drained batch (16) saved 5-13% CPU per op but cost 25-37% of the throughput of
+ * GETATTR, 4 KiB reads and writes (the frontend went to sleep between its own reaps and
+ * waited for the batch), and delaying used->idx itself by 32 (an earlier version) made
+ * guest and device take turns likewise. EVENT_IDX still keeps interrupts down to the ones
+ * the driver asks for.
  */
-const USED_BATCH = 1;
+const SIGNAL_BATCH = 1;
 /** Chains served from one queue before looking at the other events again. */
 export const PROCESS_BUDGET = 256;
 /** Per queue: log the first malformed chains, then one line per this many. */
@@ -172,7 +175,8 @@ class Device implements KickWatcher {
         const len = chain.error === undefined ? this.serve(q, chain) : this.reject(q, chain);
         if (this.memoryFaulted(q, chain)) break;
         q.pushUsed(chain.head, len);
-        if (q.pendingUsed >= USED_BATCH) q.flush();
+        q.exposeUsed();
+        if (q.undecided >= SIGNAL_BATCH) q.flush();
       }
       q.flush();
       if (budget === 0 && q.availableCount() > 0) {
@@ -223,7 +227,8 @@ class Device implements KickWatcher {
   private serve(q: SplitQueue, chain: DescriptorChain): number {
     let len: number;
     try {
-      len = this.session.handle(chain.readable, chain.writable);
+      const session = this.session;
+      len = session.handleSegments !== undefined ? session.handleSegments(chain.readSegs, chain.writeSegs) : session.handle(chain.readable, chain.writable);
     } catch (err) {
       this.log.error(`queue ${q.index}: request failed: ${(err as Error).stack ?? String(err)}`);
       return 0;

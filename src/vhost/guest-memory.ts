@@ -16,6 +16,7 @@ import { closeFd } from '../sys/socket-calls.js';
 import { fstatfs } from '../sys/file-calls.js';
 import { mmapFd, munmap, viewBuffer, sealShrink, MAX_VIEW_BYTES, PAGE_SIZE, PROT_READ, PROT_WRITE, MAP_SHARED } from '../sys/memory-calls.js';
 import { sigbusGuard, lastGuardError, type SigbusGuard } from '../sys/sigbus-guard.js';
+import type { Segments } from '../fs/session.js';
 
 /** Window size and the overlap between consecutive windows (see the header). */
 export const WINDOW_BYTES = MAX_VIEW_BYTES;
@@ -77,6 +78,8 @@ class MappedRegion implements RegionSpec {
   readonly userAddr: number;
   readonly mmapOffset: number;
   private readonly base: bigint;
+  /** Host address of region offset 0 (base + delta) as a number: below 2^47, so exact. */
+  private readonly hostAddr: number;
   private readonly mapLength: number;
   private readonly delta: number;
   private readonly windows: (Buffer | undefined)[];
@@ -108,6 +111,7 @@ class MappedRegion implements RegionSpec {
       munmap(this.base, this.mapLength);
       throw new GuestMemoryError(`region ${describeRegion(spec)}: cannot be guarded: ${(err as Error).message}`);
     }
+    this.hostAddr = Number(this.base) + this.delta;
     this.windows = new Array<Buffer | undefined>(Math.max(1, Math.ceil((spec.size - WINDOW_OVERLAP) / WINDOW_STEP)));
   }
 
@@ -153,6 +157,25 @@ class MappedRegion implements RegionSpec {
       const woff = pos - k * WINDOW_STEP;
       const take = Math.min(want - done, w.length - woff);
       out.push(w.subarray(woff, woff + take));
+      done += take;
+    }
+    return done;
+  }
+
+  /**
+   * Ranges of [off, off + len) clipped to this region, pushed to `out` as (window, offset
+   * in it, host address); returns bytes covered. segments() without the views.
+   */
+  ranges(off: number, len: number, out: Segments): number {
+    let done = 0;
+    const want = Math.min(len, this.size - off);
+    while (done < want) {
+      const pos = off + done;
+      const k = Math.floor(pos / WINDOW_STEP);
+      const w = this.window(k);
+      const woff = pos - k * WINDOW_STEP;
+      const take = Math.min(want - done, w.length - woff);
+      out.push(w, woff, take, this.hostAddr + pos);
       done += take;
     }
     return done;
@@ -361,6 +384,30 @@ export class GuestMemory {
     }
     if (left === 0) return true;
     out.length = mark;
+    return false;
+  }
+
+  /**
+   * guestSegments() into a Segments list (ranges with host addresses, no views): what the
+   * chain walker uses. Returns false, with `out` restored, if any byte is outside memory.
+   */
+  guestRanges(gpa: number, len: number, out: Segments): boolean {
+    if (len === 0) return true;
+    const mark = out.count;
+    const markBytes = out.bytes;
+    let cur = gpa;
+    let left = len;
+    while (left > 0) {
+      if (!Number.isSafeInteger(cur)) break;
+      const r = this.findGuest(cur);
+      if (r === undefined) break;
+      left -= r.ranges(cur - r.guestAddr, left, out);
+      // Only continue into the next region when it starts exactly where this one ends.
+      cur = r.guestAddr + r.size;
+    }
+    if (left === 0) return true;
+    out.count = mark;
+    out.bytes = markBytes;
     return false;
   }
 

@@ -66,6 +66,8 @@ export class SplitQueue {
   broken = false;
   /** Completions pushed but not yet published in used->idx. */
   pendingUsed = 0;
+  /** Completions published since the last interrupt decision (publish()). */
+  undecided = 0;
 
   private lastAvail = 0;
   private usedIdx = 0;
@@ -94,6 +96,7 @@ export class SplitQueue {
     this.signalledUsed = this.lastAvail;
     this.sinceSignal = 0;
     this.pendingUsed = 0;
+    this.undecided = 0;
   }
 
   setAddresses(addrs: RingAddresses): void {
@@ -230,12 +233,26 @@ export class SplitQueue {
     this.pendingUsed++;
   }
 
-  /** Publish pending completions in used->idx; returns true when the guest wants an interrupt. */
-  publish(): boolean {
-    if (this.pendingUsed === 0 || this.used16 === undefined || this.avail === undefined) return false;
+  /**
+   * Make pushed completions visible in used->idx at once, without deciding about an
+   * interrupt: a driver that is awake (reaping, or polling) takes them from the ring.
+   */
+  exposeUsed(): void {
+    if (this.pendingUsed === 0 || this.used16 === undefined) return;
     Atomics.store(this.used16, USED_IDX, this.usedIdx);
     this.sinceSignal += this.pendingUsed;
+    this.undecided += this.pendingUsed;
     this.pendingUsed = 0;
+  }
+
+  /**
+   * Publish pending completions in used->idx; returns true when the guest wants an
+   * interrupt for the completions published since the last decision.
+   */
+  publish(): boolean {
+    this.exposeUsed();
+    if (this.undecided === 0 || this.used16 === undefined || this.avail === undefined) return false;
+    this.undecided = 0;
     let wanted: boolean;
     if (this.sinceSignal >= SIGNAL_WRAP_GUARD) wanted = true;
     else if (this.env.eventIdx) {
