@@ -149,7 +149,9 @@ const EXPECTED: Record<Ending, RegExp[]> = {
   disconnect: [/ INFO daemon: listening on /, / INFO vhost: waiting for a vhost-user frontend/,
     / INFO vhost: frontend connected, serving requests/, / INFO vhost: frontend disconnected; shutting down/],
   sigterm: [/ INFO daemon: listening on /, / INFO vhost: waiting for a vhost-user frontend/,
-    / INFO vhost: frontend connected, serving requests/, / INFO daemon: SIGTERM: stopping/, / INFO vhost: stop requested/],
+    // The device loop runs on the main thread and wakes on libuv's signal pipe: it says it
+    // stops first, then the event loop runs the handler that names the signal.
+    / INFO vhost: frontend connected, serving requests/, / INFO vhost: stop requested/, / INFO daemon: SIGTERM: stopping/],
 };
 
 /** Every line whole: a logger line or a launcher line, never two run together or cut. */

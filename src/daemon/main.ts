@@ -45,6 +45,10 @@ async function openTransport(cfg: DaemonConfig): Promise<Transport> {
   }
   if (cfg.listenFd !== undefined) return { kind: 'vhost', listenFd: cfg.listenFd, tag: cfg.tag };
   const socketPath = cfg.socketPath as string;
+  if (cfg.listeningFd !== undefined) {
+    log.info(`listening on ${socketPath} (bound by vfs-launch, fd ${cfg.listeningFd})`);
+    return { kind: 'vhost', listenFd: cfg.listeningFd, tag: cfg.tag };
+  }
   const listenFd = listenUnix(socketPath, { group: cfg.socketGroup });
   log.info(`listening on ${socketPath}`);
   return { kind: 'vhost', listenFd, tag: cfg.tag };

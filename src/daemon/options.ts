@@ -47,6 +47,8 @@ export interface DaemonConfig {
   testForbiddenSyscall: boolean;
   /** vfs-launch only: an fd holding the seccomp filter it compiled (struct sock_filter array). */
   seccompBpfFd?: number;
+  /** vfs-launch only: the fd of the socket it already bound and listens on at socketPath. */
+  listeningFd?: number;
 }
 
 type Kind = 'flag' | 'string' | 'int';
@@ -111,10 +113,11 @@ const OPTIONS: Record<string, OptionSpec> = {
   'print-capabilities': { kind: 'flag', help: 'print the vhost-user.json capabilities and exit', apply: on((c) => { c.printCapabilities = true; }) },
   'test-forbidden-syscall': { kind: 'flag', help: 'test hook: make a syscall the policy forbids', apply: on((c) => { c.testForbiddenSyscall = true; }) },
   'seccomp-bpf-fd': { kind: 'int', help: 'set by vfs-launch: fd of the filter it compiled', apply: (c, v) => { c.seccompBpfFd = Number(v); } },
+  'listening-fd': { kind: 'int', help: 'set by vfs-launch: fd listening on --socket-path', apply: (c, v) => { c.listeningFd = Number(v); } },
 };
 
 /** Options only vfs-launch passes: not in --help, refused from users by the launcher. */
-export const INTERNAL_OPTIONS: readonly string[] = ['test-forbidden-syscall', 'seccomp-bpf-fd'];
+export const INTERNAL_OPTIONS: readonly string[] = ['test-forbidden-syscall', 'seccomp-bpf-fd', 'listening-fd'];
 
 /**
  * virtiofsd options vfs does not implement, each with what to do instead: a drop-in user
@@ -291,6 +294,7 @@ export function parseDaemonArgs(argv: readonly string[]): DaemonConfig {
   const transports = [cfg.socketPath, cfg.listenFd, cfg.fuseFd, cfg.mountpoint].filter((x) => x !== undefined).length;
   if (transports === 0) throw new UsageError('--socket-path: required; give the vhost-user socket path (or --fd N, or --mountpoint DIR)');
   if (transports > 1) throw new UsageError('--socket-path, --fd, --fuse-fd and --mountpoint are alternatives; give only one');
+  if (cfg.listeningFd !== undefined && cfg.socketPath === undefined) throw new UsageError('--listening-fd: only with --socket-path (set by vfs-launch)');
   if (cfg.mountpoint !== undefined && cfg.sandbox !== 'none') {
     throw new UsageError('--mountpoint: the daemon can mount itself only with --sandbox none; use vfs-launch --mountpoint to mount from outside the sandbox');
   }

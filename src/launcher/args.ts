@@ -93,7 +93,9 @@ export function parseLaunchArgs(argv: readonly string[]): LaunchPlan {
   // Say the sandbox settings explicitly (same values: never a conflict), so `ps` shows them.
   daemonArgs.push('--sandbox', first.sandbox, '--seccomp', first.seccomp);
   plan.config = parseDaemonArgs(daemonArgs);
-  if (plan.config.seccompBpfFd !== undefined) throw new UsageError('--seccomp-bpf-fd: set by vfs-launch itself; remove it');
+  for (const [name, v] of [['seccomp-bpf-fd', plan.config.seccompBpfFd], ['listening-fd', plan.config.listeningFd]] as const) {
+    if (v !== undefined) throw new UsageError(`--${name}: set by vfs-launch itself; remove it`);
+  }
   plan.daemonArgs = daemonArgs;
   if (plan.config.sandbox !== 'namespace' && (plan.uidMap !== undefined || plan.gidMap !== undefined)) {
     throw new UsageError(`--uid-map/--gid-map: only meaningful with --sandbox namespace (got --sandbox ${plan.config.sandbox}); drop the map or use namespace`);

@@ -14,6 +14,7 @@ import type { LaunchPlan } from './args.js';
 import { UsageError, launcherHelp, parseLaunchArgs } from './args.js';
 import { daemonCommand } from './spawn.js';
 import { execve, keepAcrossExec } from '../sys/exec-calls.js';
+import { listenUnix } from '../sys/socket-calls.js';
 import { validatePlan } from './validate.js';
 
 const log = logger('launcher');
@@ -114,6 +115,20 @@ export async function runLauncher(argv: readonly string[], io: LauncherIo = proc
     return 1;
   }
   if (cfg.listenFd !== undefined) keep.push(cfg.listenFd);
+  if (cfg.socketPath !== undefined) {
+    // Bound and listening here, before the daemon's Node even starts: a VMM may connect from
+    // now on (its messages wait in the socket until the daemon accepts), which takes the
+    // daemon's start-up off the path libvirt waits on. The daemon gets the fd.
+    try {
+      const fd = listenUnix(cfg.socketPath, { group: cfg.socketGroup });
+      log.debug(`listening on ${cfg.socketPath} (fd ${fd}), for the daemon`);
+      daemonArgs.push('--listening-fd', String(fd));
+      keep.push(fd);
+    } catch (err) {
+      io.stderr.write(`vfs-launch: --socket-path: ${err instanceof Error ? err.message : String(err)}\n`);
+      return 1;
+    }
+  }
   if (plan.seccompProgram !== undefined) daemonArgs.push('--seccomp-bpf-fd', String(await filterPipe(plan.seccompProgram)));
 
   const cmd = daemonCommand({

@@ -60,11 +60,12 @@ export interface CommandInputs {
 
 /**
  * V8 and Node flags of the daemon, chosen by measurement (bench/README.md, "Per-VM cost"):
- * --v8-pool-size=0 leaves no V8 worker threads (the daemon has nothing to compile or
- * collect concurrently), and a small young generation bounds the memory a request
- * stream's short-lived objects make resident.
+ * none. --v8-pool-size=0 and --max-semi-space-size=1 left idle memory unchanged (11.4-11.8
+ * MB private, 54.3-54.7 MB RSS for the VM) and saved 1-2 MB private under a QD16 GETATTR
+ * load, which is already far under the 40 MB target, while the runs with them served fewer
+ * requests per second; --jitless and --lite-mode save ~1 MB RSS at a large CPU cost.
  */
-export const DAEMON_NODE_FLAGS: readonly string[] = ['--v8-pool-size=0', '--max-semi-space-size=1'];
+export const DAEMON_NODE_FLAGS: readonly string[] = [];
 
 /**
  * The waiter (sh -c, $0 = vfs-launch). $1: the epilogue command, shell-quoted; $2: 1 when
@@ -109,9 +110,11 @@ function entryArgs(dir: string, name: string, override?: string): string[] {
   return ['--import', import.meta.resolve('tsx'), resolved];
 }
 
-/** The daemon's entry and the node arguments to run it (flags first). */
-export function daemonNodeArgs(entryOverride?: string): string[] {
-  return [...DAEMON_NODE_FLAGS, ...entryArgs('daemon', 'main', entryOverride)];
+/** The daemon's entry and the node arguments to run it (flags first; VFS_DAEMON_NODE_FLAGS, space-separated, replaces them to measure others). */
+export function daemonNodeArgs(entryOverride?: string, env: Readonly<Record<string, string | undefined>> = process.env): string[] {
+  const override = env.VFS_DAEMON_NODE_FLAGS;
+  const flags = override === undefined ? DAEMON_NODE_FLAGS : override.split(' ').filter((f) => f !== '');
+  return [...flags, ...entryArgs('daemon', 'main', entryOverride)];
 }
 
 /** Capabilities the daemon's process may hold at exec: the kept set plus what setup needs. */
@@ -173,7 +176,7 @@ export function daemonCommand(inputs: CommandInputs): ExecPlan {
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(inputs.env ?? process.env)) if (v !== undefined) env[k] = v;
   env.UV_USE_IO_URING = '0';
-  const node = [process.execPath, ...daemonNodeArgs(inputs.daemonEntry), ...inputs.daemonArgs];
+  const node = [process.execPath, ...daemonNodeArgs(inputs.daemonEntry, inputs.env), ...inputs.daemonArgs];
   const mode = inputs.config.sandbox;
   // Unprivileged outside a user namespace there is nothing to bound (and no CAP_SETPCAP).
   const privileged = isRoot() || mode === 'namespace';
