@@ -87,7 +87,7 @@ function makeShare(): string {
   return share;
 }
 
-async function start(a: Args, share: string, sock: string): Promise<{ proc: ChildProcess; startMs: number }> {
+async function start(a: Args, share: string, sock: string): Promise<{ proc: ChildProcess; startMs: number; t0: bigint }> {
   const argv = backendArgv(a, share, sock);
   const t0 = process.hrtime.bigint();
   const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'inherit', 'inherit'] });
@@ -100,7 +100,7 @@ async function start(a: Args, share: string, sock: string): Promise<{ proc: Chil
     if (exited || Date.now() > deadline) throw new Error(`${a.backend} did not listen`);
     await sleep(1);
   }
-  return { proc, startMs: Number(process.hrtime.bigint() - t0) / 1e6 };
+  return { proc, startMs: Number(process.hrtime.bigint() - t0) / 1e6, t0 };
 }
 
 async function stop(proc: ChildProcess): Promise<number | string> {
@@ -112,19 +112,22 @@ async function stop(proc: ChildProcess): Promise<number | string> {
   });
 }
 
-async function idleRun(a: Args): Promise<{ startMs: number; idle: Mem; exit: number | string }> {
+async function idleRun(a: Args): Promise<{ startMs: number; initMs: number; idle: Mem; exit: number | string }> {
   const share = makeShare();
   const sock = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vfs-cost-sock-')), 'v.sock');
-  const { proc, startMs } = await start(a, share, sock);
+  const { proc, startMs, t0 } = await start(a, share, sock);
+  // Connect at once, as a VMM started right after the socket appears would: the handshake
+  // and INIT are answered once the daemon serves.
   const fe = VirtioFsFrontend.open({ socketPath: sock, queueSize: 256, regions: [{ gpa: 0, size: 64 << 20 }], timeoutMs: 10000 });
   const c = new FuseClient(fe);
   c.doInit();
+  const initMs = Number(process.hrtime.bigint() - t0) / 1e6;
   c.getattr(1n);
   await sleep(1000);
   const idle = memOf(proc.pid as number);
   const exit = await stop(proc);
   fe.close();
-  return { startMs, idle, exit };
+  return { startMs, initMs, idle, exit };
 }
 
 async function loadRun(a: Args): Promise<{ loaded: Mem; opsLine: string }> {
@@ -160,16 +163,18 @@ const mb = (kib: number): string => (kib / 1024).toFixed(1);
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2));
   const starts: number[] = [];
+  const inits: number[] = [];
   const idles: Mem[] = [];
   for (let i = 0; i < a.runs; i++) {
     const r = await idleRun(a);
     starts.push(r.startMs);
+    inits.push(r.initMs);
     idles.push(r.idle);
-    console.log(`run ${i + 1}: start->listening ${r.startMs.toFixed(0)} ms; idle ${r.idle.procs} procs (${r.idle.names.join(',')}), private ${mb(r.idle.privateKiB)} MB, RSS ${mb(r.idle.rssKiB)} MB; exit after SIGTERM: ${r.exit}`);
+    console.log(`run ${i + 1}: start->listening ${r.startMs.toFixed(0)} ms, ->INIT answered ${r.initMs.toFixed(0)} ms; idle ${r.idle.procs} procs (${r.idle.names.join(',')}), private ${mb(r.idle.privateKiB)} MB, RSS ${mb(r.idle.rssKiB)} MB; exit after SIGTERM: ${r.exit}`);
   }
   const l = await loadRun(a);
   console.log(`QD16 getattr: ${l.loaded.procs} procs (${l.loaded.names.join(',')}), private ${mb(l.loaded.privateKiB)} MB, RSS ${mb(l.loaded.rssKiB)} MB; vufs: ${l.opsLine.trim()}`);
-  console.log(`SUMMARY ${a.backend} ${a.sandbox}: start ${median(starts).toFixed(0)} ms (median of ${a.runs}), idle private ${mb(median(idles.map((m) => m.privateKiB)))} MB RSS ${mb(median(idles.map((m) => m.rssKiB)))} MB, loaded private ${mb(l.loaded.privateKiB)} MB RSS ${mb(l.loaded.rssKiB)} MB`);
+  console.log(`SUMMARY ${a.backend} ${a.sandbox}: start->listening ${median(starts).toFixed(0)} ms, ->INIT ${median(inits).toFixed(0)} ms (medians of ${a.runs}), idle private ${mb(median(idles.map((m) => m.privateKiB)))} MB RSS ${mb(median(idles.map((m) => m.rssKiB)))} MB, loaded private ${mb(l.loaded.privateKiB)} MB RSS ${mb(l.loaded.rssKiB)} MB`);
 }
 
 await main();

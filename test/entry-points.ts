@@ -34,9 +34,17 @@ export function useDist(): boolean {
   return fresh;
 }
 
+/** dist/daemon/main.cjs (the build's one-file bundle of the daemon, what vfs-launch runs) when not older than main.js. */
+function distEntry(name: 'daemon' | 'launcher'): string {
+  const esm = path.join(REPO, `dist/${name}/main.js`);
+  const cjs = path.join(REPO, `dist/${name}/main.cjs`);
+  if (name === 'daemon' && fs.existsSync(cjs) && fs.statSync(cjs).mtimeMs >= fs.statSync(esm).mtimeMs) return cjs;
+  return esm;
+}
+
 function entry(name: 'daemon' | 'launcher'): string[] {
   return useDist()
-    ? [process.execPath, path.join(REPO, `dist/${name}/main.js`)]
+    ? [process.execPath, distEntry(name)]
     : [process.execPath, '--import', 'tsx', path.join(REPO, `src/${name}/main.ts`)];
 }
 

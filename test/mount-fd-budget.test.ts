@@ -10,10 +10,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { mountFor, py, type Server } from './mount-helpers.js';
-import { launcherCommand } from './entry-points.js';
+import { daemonCommand } from './entry-points.js';
 
 const SANDBOXED = ['--sandbox', 'namespace', '--seccomp', 'kill'];
-const DAEMON_MAIN = launcherCommand().at(-1)?.replace(/launcher\/main\.(js|ts)$/, 'daemon/main.$1') ?? '';
+const DAEMON_MAIN = daemonCommand().at(-1) ?? '';
 
 function children(pid: number): number[] {
   try {

@@ -22,6 +22,7 @@ import { RLIMIT_NOFILE, getrlimit } from '../sys/process-calls.js';
 import { sigbusGuard, lastGuardError } from '../sys/sigbus-guard.js';
 import { capabilitiesDocument } from './capabilities.js';
 import { watchStopSignals } from './stop-signals.js';
+import { threadsStarted } from './threads.js';
 import { serve } from './serve.js';
 import type { Transport } from './serve.js';
 
@@ -112,6 +113,7 @@ async function run(argv: string[]): Promise<number> {
   // The SIGBUS guard for guest memory (sys/sigbus-guard.ts), before the sandbox and the filter.
   if (sigbusGuard() === undefined) log.debug(`no SIGBUS guard: ${lastGuardError()?.message ?? 'unknown'}`);
 
+  log.debug(`threads started (waited ${await threadsStarted()} ms)`);
   const sandbox = enterSandbox({ mode: cfg.sandbox, sharedDir: cfg.sharedDir });
   // rlimit, no_new_privs and the capability drop of the thread that serves (the only one
   // that ever runs our code); the other threads' bounding set was narrowed at exec (setpriv).
