@@ -47,6 +47,7 @@ const CASES: Case[] = [
   { name: 'missing shared dir', argv: (d) => ['--shared-dir', `${d}/nope`, '--socket-path', `${d}/sock-dir/s`], message: /^vfs-launch: --shared-dir: '.*\/nope' does not exist; create it or give an existing directory$/ },
   { name: 'shared dir is a file', argv: (d) => ['--shared-dir', `${d}/afile`, '--socket-path', `${d}/sock-dir/s`], message: /^vfs-launch: --shared-dir: '.*afile' is not a directory; give a directory$/ },
   { name: 'no shared dir at all', argv: (d) => ['--socket-path', `${d}/sock-dir/s`], message: /^vfs-launch: --shared-dir: required; give the directory to share$/ },
+  { name: 'an option only vfs-launch passes', argv: (d) => ['--shared-dir', `${d}/share`, '--', '--socket-path', `${d}/s`, '--seccomp-bpf-fd', '0'], message: /^vfs-launch: --seccomp-bpf-fd: set by vfs-launch itself; remove it$/ },
   { name: 'missing socket directory', argv: (d) => ['--shared-dir', `${d}/share`, '--', '--socket-path', `${d}/no-dir/s`], message: /^vfs-launch: --socket-path: directory '.*\/no-dir' does not exist; create it first$/ },
   { name: 'socket path is a regular file', argv: (d) => ['--shared-dir', `${d}/share`, '--socket-path', `${d}/afile`], message: /^vfs-launch: --socket-path: '.*afile' exists and is not a socket; remove it or choose another path$/ },
   { name: 'socket path too long', argv: (d) => ['--shared-dir', `${d}/share`, '--socket-path', `${d}/sock-dir/${'x'.repeat(120)}`], message: /^vfs-launch: --socket-path: '.*' is longer than the 107 bytes a unix socket path may have; use a shorter path$/ },
