@@ -47,8 +47,41 @@ function writeU64(dst: Buffer, to: number, v: number): void {
   setU32(dst, to + 4, Math.floor(v / 0x100000000));
 }
 
+// Word views of the buffers writeAttr works on. They are the same few buffers request after
+// request (the session's statx buffer, the reply scratch, a /dev/fuse reply buffer), so the
+// last view of each is kept instead of being made per call.
+let lastStx: Buffer | undefined;
+let lastStx32: Uint32Array = new Uint32Array(0);
+let lastOut: Buffer | undefined;
+let lastOut32: Uint32Array = new Uint32Array(0);
+
+function words(b: Buffer): Uint32Array | undefined {
+  if (b.byteOffset % 4 !== 0) return undefined;
+  return new Uint32Array(b.buffer, b.byteOffset, b.length >>> 2);
+}
+
 /** Encode fuse_attr at `pos` from a statx buffer. */
 export function writeAttr(stx: Buffer, out: Buffer, pos: number, flags: number): void {
+  if (pos % 4 === 0) {
+    if (stx !== lastStx) {
+      const w = words(stx);
+      if (w !== undefined) {
+        lastStx = stx;
+        lastStx32 = w;
+      }
+    }
+    if (out !== lastOut) {
+      const w = words(out);
+      if (w !== undefined) {
+        lastOut = out;
+        lastOut32 = w;
+      }
+    }
+    if (stx === lastStx && out === lastOut && pos + Attr.size <= out.length) {
+      writeAttrWords(lastStx32, lastOut32, pos >>> 2, flags);
+      return;
+    }
+  }
   copy64(stx, STX.ino, out, pos + A.ino);
   copy64(stx, STX.size, out, pos + A.size);
   copy64(stx, STX.blocks, out, pos + A.blocks);
@@ -62,12 +95,53 @@ export function writeAttr(stx: Buffer, out: Buffer, pos: number, flags: number):
   setU32(out, pos + A.nlink, u32(stx, STX.nlink));
   setU32(out, pos + A.uid, u32(stx, STX.uid));
   setU32(out, pos + A.gid, u32(stx, STX.gid));
-  const major = u32(stx, STX.rdevMajor);
-  const minor = u32(stx, STX.rdevMinor);
-  // The kernel's new_encode_dev, which the client decodes with new_decode_dev.
-  setU32(out, pos + A.rdev, ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0);
+  setU32(out, pos + A.rdev, encodeDev(u32(stx, STX.rdevMajor), u32(stx, STX.rdevMinor)));
   setU32(out, pos + A.blksize, u32(stx, STX.blksize));
   setU32(out, pos + A.flags, flags);
+}
+
+/** The kernel's new_encode_dev, which the client decodes with new_decode_dev. */
+function encodeDev(major: number, minor: number): number {
+  return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0;
+}
+
+// Word indices of the statx fields writeAttr reads (struct statx is 8-aligned; x86_64 and
+// aarch64 are little-endian, so a u32 word is the field's low half as the byte path reads it).
+const SX = {
+  blksize: STX.blksize / 4, nlink: STX.nlink / 4, uid: STX.uid / 4, gid: STX.gid / 4, mode: STX.mode / 4,
+  ino: STX.ino / 4, size: STX.size / 4, blocks: STX.blocks / 4, atime: STX.atime / 4, ctime: STX.ctime / 4,
+  mtime: STX.mtime / 4, rdevMajor: STX.rdevMajor / 4, rdevMinor: STX.rdevMinor / 4,
+} as const;
+const AW = {
+  ino: A.ino / 4, size: A.size / 4, blocks: A.blocks / 4, atime: A.atime / 4, mtime: A.mtime / 4, ctime: A.ctime / 4,
+  atimensec: A.atimensec / 4, mtimensec: A.mtimensec / 4, ctimensec: A.ctimensec / 4, mode: A.mode / 4,
+  nlink: A.nlink / 4, uid: A.uid / 4, gid: A.gid / 4, rdev: A.rdev / 4, blksize: A.blksize / 4, flags: A.flags / 4,
+} as const;
+
+/** writeAttr with 32-bit loads and stores (both buffers 4-aligned, `w` a word index). */
+function writeAttrWords(x: Uint32Array, o: Uint32Array, w: number, flags: number): void {
+  o[w + AW.ino] = x[SX.ino] as number;
+  o[w + AW.ino + 1] = x[SX.ino + 1] as number;
+  o[w + AW.size] = x[SX.size] as number;
+  o[w + AW.size + 1] = x[SX.size + 1] as number;
+  o[w + AW.blocks] = x[SX.blocks] as number;
+  o[w + AW.blocks + 1] = x[SX.blocks + 1] as number;
+  o[w + AW.atime] = x[SX.atime] as number;
+  o[w + AW.atime + 1] = x[SX.atime + 1] as number;
+  o[w + AW.mtime] = x[SX.mtime] as number;
+  o[w + AW.mtime + 1] = x[SX.mtime + 1] as number;
+  o[w + AW.ctime] = x[SX.ctime] as number;
+  o[w + AW.ctime + 1] = x[SX.ctime + 1] as number;
+  o[w + AW.atimensec] = x[SX.atime + 2] as number;
+  o[w + AW.mtimensec] = x[SX.mtime + 2] as number;
+  o[w + AW.ctimensec] = x[SX.ctime + 2] as number;
+  o[w + AW.mode] = (x[SX.mode] as number) & 0xffff;
+  o[w + AW.nlink] = x[SX.nlink] as number;
+  o[w + AW.uid] = x[SX.uid] as number;
+  o[w + AW.gid] = x[SX.gid] as number;
+  o[w + AW.rdev] = encodeDev(x[SX.rdevMajor] as number, x[SX.rdevMinor] as number);
+  o[w + AW.blksize] = x[SX.blksize] as number;
+  o[w + AW.flags] = flags;
 }
 
 /**

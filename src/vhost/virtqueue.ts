@@ -74,6 +74,8 @@ export class SplitQueue {
   private signalledUsed = 0;
   private sinceSignal = 0;
   private desc: Buffer | undefined;
+  /** The descriptor table as 32-bit words, when its view is 4-aligned (it is 16-aligned in guest memory). */
+  private descWords: Uint32Array | undefined;
   private avail: Uint16Array | undefined;
   private used16: Uint16Array | undefined;
   private used32: Uint32Array | undefined;
@@ -113,6 +115,7 @@ export class SplitQueue {
   invalidate(): void {
     this.resolvedGen = -1;
     this.desc = undefined;
+    this.descWords = undefined;
     this.avail = undefined;
     this.used16 = undefined;
     this.used32 = undefined;
@@ -177,6 +180,7 @@ export class SplitQueue {
       return false;
     }
     this.desc = desc;
+    this.descWords = desc.byteOffset % 4 === 0 ? new Uint32Array(desc.buffer, desc.byteOffset, sz.desc / 4) : undefined;
     this.avail = new Uint16Array(avail.buffer, avail.byteOffset, sz.avail / 2);
     this.used16 = new Uint16Array(used.buffer, used.byteOffset, sz.used / 2);
     this.used32 = new Uint32Array(used.buffer, used.byteOffset, (sz.used - 2) / 4);
@@ -212,7 +216,7 @@ export class SplitQueue {
     }
     const head = Atomics.load(avail, AVAIL_RING + (this.lastAvail & (this.size - 1)));
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
-    walkChain(this.env.mem, this.desc as Buffer, this.size, head, this.env.walk, chain);
+    walkChain(this.env.mem, this.desc as Buffer, this.size, head, this.env.walk, chain, this.descWords);
     return true;
   }
 
