@@ -6,7 +6,8 @@
 // one frontend and ends when it leaves).
 //
 //   npx tsx scripts/per-vm-cost.ts [--backend vfs|virtiofsd] [--sandbox namespace|chroot|none]
-//     [--runs N] [--vufs PATH] [--load-seconds S] [-- extra launcher args]
+//     [--runs N] [--vufs PATH] [--load-seconds S] [--launcher dist/launcher/main.js of another checkout]
+//     [-- extra launcher args]
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -17,10 +18,10 @@ import { FuseClient } from '../test/frontend/fuse-client.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-interface Args { backend: 'vfs' | 'virtiofsd'; sandbox: string; runs: number; vufs: string; loadSeconds: number; extra: string[] }
+interface Args { backend: 'vfs' | 'virtiofsd'; sandbox: string; runs: number; vufs: string; loadSeconds: number; extra: string[]; launcher: string }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { backend: 'vfs', sandbox: 'namespace', runs: 3, vufs: '/tmp/vufs/vufs', loadSeconds: 5, extra: [] };
+  const a: Args = { backend: 'vfs', sandbox: 'namespace', runs: 3, vufs: '/tmp/vufs/vufs', loadSeconds: 5, extra: [], launcher: path.join(REPO, 'dist/launcher/main.js') };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i];
     if (v === '--') { a.extra = argv.slice(i + 1); break; }
@@ -30,6 +31,7 @@ function parseArgs(argv: string[]): Args {
     else if (v === '--runs') a.runs = Number(next());
     else if (v === '--vufs') a.vufs = next();
     else if (v === '--load-seconds') a.loadSeconds = Number(next());
+    else if (v === '--launcher') a.launcher = next();
     else throw new Error(`unknown argument ${v}`);
   }
   return a;
@@ -42,7 +44,7 @@ function virtiofsd(): string {
 /** argv of the process libvirt would start. */
 function backendArgv(a: Args, share: string, sock: string): string[] {
   if (a.backend === 'virtiofsd') return [virtiofsd(), '--shared-dir', share, '--socket-path', sock, '--sandbox', a.sandbox === 'chroot' ? 'chroot' : a.sandbox, '--log-level', 'error'];
-  return [process.execPath, path.join(REPO, 'dist/launcher/main.js'), '--shared-dir', share, '--sandbox', a.sandbox, ...a.extra, '--', '--socket-path', sock, '--log-level', 'error'];
+  return [process.execPath, a.launcher, '--shared-dir', share, '--sandbox', a.sandbox, ...a.extra, '--', '--socket-path', sock, '--log-level', 'error'];
 }
 
 function children(pid: number): number[] {

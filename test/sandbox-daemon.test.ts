@@ -178,3 +178,23 @@ test.serial('root, chroot: the real daemon serves from its chroot', async (t) =>
   t.true(fs.existsSync(path.join(share, 'made-in-chroot')));
   t.is((await stopLauncher(l)).code, 0, l.stderr());
 });
+
+test.serial('root, namespace: SIGTERM to what vfs-launch became, at any point of the daemon\'s start-up, stops it with exit 0', async (t) => {
+  // The daemon is pid 1 of its pid namespace, which drops a signal it has no handler for
+  // yet: the waiter must send it again once the daemon's handlers exist.
+  for (const delayMs of [0, 20, 50, 100, 200, 400]) {
+    const { share, sock } = setup(t);
+    const sc = seccomp();
+    const l = startLauncher(['--shared-dir', share, ...sc.args, '--', '--socket-path', sock], { entry: DAEMON, env: sc.env });
+    t.teardown(async () => { await stopLauncher(l); });
+    // From when vfs-launch has exec'd into the waiter (before, a SIGTERM ends the Node launcher itself).
+    const comm = (): string => { try { return fs.readFileSync(`/proc/${l.proc.pid}/comm`, 'utf8').trim(); } catch { return ''; } };
+    while (comm() !== 'sh') await new Promise((r) => setTimeout(r, 1));
+    await new Promise((r) => setTimeout(r, delayMs));
+    l.proc.kill('SIGTERM');
+    const timer = setTimeout(() => l.proc.kill('SIGKILL'), 20_000);
+    const end = await l.exited;
+    clearTimeout(timer);
+    t.is(end.code, 0, `SIGTERM ${delayMs} ms after listening: ${end.signal ?? ''} ${l.stderr()}`);
+  }
+});

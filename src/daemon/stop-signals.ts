@@ -16,6 +16,7 @@ import fs from 'node:fs';
 import { Epoll, EPOLLIN } from '../sys/event-calls.js';
 import type { Logger } from '../log.js';
 
+/** In this order: SIGHUP's handler last, the waiter (launcher/spawn.ts) takes it as the sign all three exist. */
 export const STOP_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
 export type StopSignal = (typeof STOP_SIGNALS)[number];
 
@@ -35,6 +36,7 @@ export interface StopSignals {
 
 const O_ACCMODE = 3;
 const PROBE_TIMEOUT_MS = 2000;
+const PROBE_ATTEMPTS = 3;
 
 /** Read ends of the pipes this process holds (fds 0-2 left out). */
 function pipeReadEnds(): number[] {
@@ -79,18 +81,24 @@ export async function watchStopSignals(log: Logger): Promise<StopSignals> {
       first ??= sig;
     });
   }
-  // Pipes readable already (libuv's lock pipe holds a byte; inherited pipes) cannot tell.
-  const before = new Set(readable(pipeReadEnds(), 0));
-  const candidates = pipeReadEnds().filter((fd) => !before.has(fd));
+  // Pipes readable already (libuv's lock pipe holds a byte; inherited pipes; the signal pipe
+  // itself if a stop signal just came) cannot tell: such a try is repeated once libuv ran.
   const probe = (): void => undefined;
   process.on('SIGWINCH', probe);
-  process.kill(process.pid, 'SIGWINCH');
-  const hit = readable(candidates, PROBE_TIMEOUT_MS);
-  // Let libuv read its message (our probe handler runs) so the pipe is empty again.
-  const deadline = Date.now() + PROBE_TIMEOUT_MS;
-  while (hit.length === 1 && readable(hit, 0).length > 0 && Date.now() < deadline) await tick();
+  let hit: number[] = [];
+  let candidates: number[] = [];
+  for (let attempt = 0; attempt < PROBE_ATTEMPTS && hit.length !== 1; attempt++) {
+    if (attempt > 0) for (let i = 0; i < 3; i++) await tick();
+    const before = new Set(readable(pipeReadEnds(), 0));
+    candidates = pipeReadEnds().filter((fd) => !before.has(fd));
+    process.kill(process.pid, 'SIGWINCH');
+    hit = readable(candidates, PROBE_TIMEOUT_MS);
+    // Let libuv read its message (our probe handler runs) so the pipe is empty again.
+    const deadline = Date.now() + PROBE_TIMEOUT_MS;
+    while (hit.length === 1 && readable(hit, 0).length > 0 && Date.now() < deadline) await tick();
+  }
   process.off('SIGWINCH', probe);
-  if (hit.length !== 1) throw new StopSignalError(`cannot find libuv's signal pipe (${hit.length} of ${candidates.length} pipes answered a probe signal)`);
+  if (hit.length !== 1) throw new StopSignalError(`cannot find libuv's signal pipe (${hit.length} of ${candidates.length} pipes answered a probe signal, ${PROBE_ATTEMPTS} tries)`);
   if (readable(hit, 0).length > 0 && first === undefined) throw new StopSignalError(`libuv's signal pipe (fd ${hit[0]}) stays readable`);
   log.debug(`stop signals: libuv signal pipe fd ${hit[0]} in the device loop's epoll set`);
   return { fd: hit[0], received: () => first };

@@ -70,18 +70,32 @@ export const DAEMON_NODE_FLAGS: readonly string[] = [];
 /**
  * The waiter (sh -c, $0 = vfs-launch). $1: the epilogue command, shell-quoted; $2: 1 when
  * it must run even after a clean exit (an unmount to do); the rest: the daemon's command.
- * A signal before the daemon's pid is known is remembered and forwarded once it is. `wait`
- * returns early when a trapped signal arrives; the loop waits again while the daemon
- * lives. A status lost to that race (the daemon ended as the signal came) is fetched again.
+ * A signal before the daemon's pid is known is remembered and forwarded once it is; one the
+ * daemon had no handler for yet (its first ~100 ms) is sent again once /proc shows its
+ * handlers (SigCgt), since as pid 1 of a pid namespace it drops it otherwise. `wait` returns
+ * early when a trapped signal arrives; the loop waits again while the daemon lives. A status
+ * lost to that race (the daemon ended as the signal came) is fetched again.
  */
 const WAITER_SCRIPT = [
   'e=$1; a=$2; shift 2; p=; t=',
   "trap 'p=TERM' TERM; trap 'p=INT' INT; trap 'p=HUP' HUP",
   '"$@" & d=$!',
-  'fw() { t=1; kill -"$1" "$d" 2>/dev/null; }',
+  'fw() { t=1; p=$1; kill -"$p" "$d" 2>/dev/null; }',
+  // True once the daemon's own stop handlers exist (or it is gone): until then a namespace
+  // init drops the signal. SIGHUP's bit says so: Node catches SIGTERM and SIGINT from its
+  // start (a handler that only re-raises, which an init ignores), and the daemon catches
+  // SIGHUP last of the three (src/daemon/stop-signals.ts).
+  'caught() { [ -r "/proc/$d/status" ] || return 0; while read -r k v; do case $k in',
+  '  State:) [ "$v" = "${v#Z}" ] || return 0 ;; SigCgt:) [ $(( 0x$v & 1 )) -eq 1 ]; return ;; esac',
+  '  done < "/proc/$d/status"; return 0; }',
   "trap 'fw TERM' TERM; trap 'fw INT' INT; trap 'fw HUP' HUP",
   '[ -n "$p" ] && fw "$p"',
-  'while :; do wait "$d"; s=$?; kill -0 "$d" 2>/dev/null || break; done',
+  'while :; do',
+  // A stop signal that came before the daemon's handlers existed was dropped: send it again
+  // once they do (builtins only: a busy wait of at most the daemon's start-up).
+  '  if [ -n "$p" ]; then until caught; do :; done; kill -"$p" "$d" 2>/dev/null; p=; fi',
+  '  wait "$d"; s=$?; kill -0 "$d" 2>/dev/null || break',
+  'done',
   'if [ -n "$t" ] && [ "$s" -gt 128 ]; then wait "$d"; r=$?; [ "$r" -ne 127 ] && s=$r; fi',
   '[ "$s" -eq 0 ] && [ "$a" != 1 ] && exit 0',
   '[ -n "$e" ] && eval "exec $e $s $d"',
