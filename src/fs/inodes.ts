@@ -94,6 +94,11 @@ export interface Handle {
   readonly inode: Inode;
 }
 
+/** The 64-bit mount id of a statx buffer (exact as a double below 2^53). */
+export function mntIdOf(stx: Buffer): number {
+  return u32(stx, STX.mntId) + u32(stx, STX.mntId + 4) * 0x100000000;
+}
+
 function hashOf(inoLo: number, inoHi: number, devMinor: number): number {
   return inoLo + (inoHi & 0x1fffff) * 0x100000000 + devMinor * 0.5;
 }
@@ -177,16 +182,9 @@ export class InodeTable {
 
   /** The known inode that `stx` (a fresh statx) describes, if any. */
   find(stx: Buffer): Inode | undefined {
-    const inoLo = u32(stx, STX.ino);
-    const inoHi = u32(stx, STX.ino + 4);
-    const devMajor = u32(stx, STX.devMajor);
-    const devMinor = u32(stx, STX.devMinor);
-    const mntId = u32(stx, STX.mntId) + u32(stx, STX.mntId + 4) * 0x100000000;
-    let n = this.byKey.get(hashOf(inoLo, inoHi, devMinor)) ?? null;
+    let n = this.byKey.get(hashOf(u32(stx, STX.ino), u32(stx, STX.ino + 4), u32(stx, STX.devMinor))) ?? null;
     while (n !== null) {
-      if (n.inoLo === inoLo && n.inoHi === inoHi && n.devMajor === devMajor && n.devMinor === devMinor && n.mntId === mntId) {
-        return n;
-      }
+      if (this.matches(n, stx)) return n;
       n = n.next;
     }
     return undefined;
@@ -269,11 +267,16 @@ export class InodeTable {
   }
 
   private evict(ino: Inode): void {
+    this.dropFd(ino);
+    this.evictions++;
+  }
+
+  /** Close an inode's fd and take it off the LRU list and the budget. */
+  private dropFd(ino: Inode): void {
     this.unlink(ino);
     close(ino.fd);
     ino.setFd(-1);
     this.fdCount--;
-    this.evictions++;
   }
 
   /** An inode's fd for the budget and the LRU list. */
@@ -319,7 +322,7 @@ export class InodeTable {
 
   private matches(ino: Inode, st: Buffer): boolean {
     return u32(st, STX.ino) === ino.inoLo && u32(st, STX.ino + 4) === ino.inoHi && u32(st, STX.devMajor) === ino.devMajor &&
-      u32(st, STX.devMinor) === ino.devMinor && u32(st, STX.mntId) + u32(st, STX.mntId + 4) * 0x100000000 === ino.mntId;
+      u32(st, STX.devMinor) === ino.devMinor && mntIdOf(st) === ino.mntId;
   }
 
   /** Remove an inode nobody looks up and nothing pins; then release its parent's pin. */
@@ -341,12 +344,7 @@ export class InodeTable {
         prev.next = ino.next;
       }
     }
-    if (ino.fd >= 0) {
-      this.unlink(ino);
-      close(ino.fd);
-      ino.setFd(-1);
-      this.fdCount--;
-    }
+    if (ino.fd >= 0) this.dropFd(ino);
     const parent = ino.parent;
     ino.parent = null;
     if (parent !== null) this.unpin(parent);
@@ -382,7 +380,7 @@ export class InodeTable {
 
   private make(nodeid: number, fd: number, stx: Buffer, parent: Inode | null, name: Buffer | null, handle: Buffer | null): Inode {
     return new Inode(
-      nodeid, fd, u16(stx, STX.mode) & S_IFMT, u32(stx, STX.mntId) + u32(stx, STX.mntId + 4) * 0x100000000,
+      nodeid, fd, u16(stx, STX.mode) & S_IFMT, mntIdOf(stx),
       u32(stx, STX.devMajor), u32(stx, STX.devMinor), u32(stx, STX.ino), u32(stx, STX.ino + 4), 1, parent, name, handle,
     );
   }

@@ -11,7 +11,7 @@ import { setresgidThread, setresuidThread } from '../sys/cred-calls.js';
 import { SysError } from '../sys/libc.js';
 import type { FsOptions } from './options.js';
 import { Attr, AttrOutHead, ENTRY_OUT_SIZE, EntryOutHead, FUSE_ATTR_SUBMOUNT } from './fuse-abi.js';
-import { HandleTable, InodeTable, type Inode } from './inodes.js';
+import { HandleTable, InodeTable, mntIdOf, type Inode } from './inodes.js';
 import { Reply, Request } from './request.js';
 import { logger, type Logger } from '../log.js';
 import { u16, u32, setU32 } from '../le-bytes.js';
@@ -239,7 +239,7 @@ export class FsState {
       ino.refs++;
       return ino;
     }
-    if (this.useHandles && u32(this.stx, STX.mntId) + u32(this.stx, STX.mntId + 4) * 0x100000000 === this.inodes.root.mntId) {
+    if (this.useHandles && mntIdOf(this.stx) === this.inodes.root.mntId) {
       // No fd at all: the handle finds the inode again when a request needs it. (Between
       // the statx and this call the name may have changed hands; the reopen checks the key.)
       const handle = nameToHandleAt(dirFd, name, 0);
