@@ -91,6 +91,20 @@ cp "$busybox" "$stage/bin/busybox"
 # The other applet links are made by /init itself (busybox --install), which is faster than here.
 ln -s busybox "$stage/bin/sh"
 
+# Host tools the guest scripts use beyond busybox (ACLs and xattrs: the acl and attr packages),
+# copied with the shared libraries they load so they run from the initramfs as on the host.
+# A missing tool is an error: a guest test must not pass because its tool was not there.
+guest_tools="setfacl getfacl setfattr getfattr"
+for tool in $guest_tools; do
+  bin=$(command -v "$tool") || die "$tool not found (apt-get install acl attr)"
+  cp -L "$bin" "$stage/bin/$tool"
+  while IFS= read -r lib; do
+    [ -n "$lib" ] || continue
+    mkdir -p "$stage$(dirname "$lib")"
+    [ -e "$stage$lib" ] || cp -L "$lib" "$stage$lib"
+  done < <(ldd "$bin" | grep -oE '/[^ ]+' | sort -u)
+done
+
 # Modules in load order: each requested module after its dependencies. modules.dep lists a
 # module's dependencies with the ones loaded first at the end.
 wanted="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci fuse virtiofs"

@@ -9,7 +9,7 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok ins
 # libvirt-daemon (libvirtd, virtlogd), libvirt-daemon-driver-qemu and libvirt-clients (virsh):
 # the smallest set that runs a libvirt-managed guest with vfs-launch as its virtiofsd
 # (test/e2e/libvirt.test.ts starts its own libvirtd; libvirt-daemon-system is not needed).
-for pkg in util-linux uidmap passwd qemu-system-x86 linux-image-amd64 busybox-static cpio attr strace fuse3 python3 bubblewrap \
+for pkg in util-linux uidmap passwd qemu-system-x86 linux-image-amd64 busybox-static cpio attr acl strace fuse3 python3 bubblewrap \
            libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients; do
   have "$pkg" || need+=("$pkg")
 done
