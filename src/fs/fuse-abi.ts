@@ -34,6 +34,13 @@ export const InitFlag = {
   INIT_EXT: 1 << 30,
 } as const;
 
+// fuse_init_in/out flags2 (bits 32..63 of the 64-bit flag word, exchanged only when both
+// sides set INIT_EXT in the low word), as values of the 32-bit flags2 field.
+export const InitFlag2 = {
+  SECURITY_CTX: 1 << 0, HAS_INODE_DAX: 1 << 1, CREATE_SUPP_GROUP: 1 << 2, HAS_EXPIRE_ONLY: 1 << 3,
+  DIRECT_IO_ALLOW_MMAP: 1 << 4, PASSTHROUGH: 1 << 5, NO_EXPORT_SUPPORT: 1 << 6, HAS_RESEND: 1 << 7,
+} as const;
+
 export const FATTR = {
   MODE: 1 << 0, UID: 1 << 1, GID: 1 << 2, SIZE: 1 << 3, ATIME: 1 << 4, MTIME: 1 << 5, FH: 1 << 6,
   ATIME_NOW: 1 << 7, MTIME_NOW: 1 << 8, LOCKOWNER: 1 << 9, CTIME: 1 << 10, KILL_SUIDGID: 1 << 11,

@@ -112,6 +112,11 @@ function offeredFlags(opts: FsOptions): number {
   return f;
 }
 
+/** flags2 bits we offer (with INIT_EXT) when the client does. */
+function offeredFlags2(_opts: FsOptions): number {
+  return 0;
+}
+
 class FuseServer implements FuseSession {
   private readonly s: FsState;
   private initialized = false;
@@ -215,7 +220,12 @@ class FuseServer implements FuseSession {
     // is not offered: the client then clears setuid/setgid itself with a SETATTR after a
     // write by a non-owner. SETXATTR_EXT and SECURITY_CTX are not offered, so requests
     // keep their compat layouts and carry no extensions we would have to act on.
-    const flags = (clientFlags & offeredFlags(s.opts)) >>> 0;
+    // flags2 exists only from 7.36 (a 64-byte fuse_init_in) and only with INIT_EXT set.
+    const ext = (clientFlags & InitFlag.INIT_EXT) !== 0 && req.argLen >= InitIn.size;
+    const clientFlags2 = ext ? req.u32(InitIn.off.flags2) : 0;
+    const flags2 = (clientFlags2 & offeredFlags2(s.opts)) >>> 0;
+    const flags = ((clientFlags & offeredFlags(s.opts)) | (ext ? InitFlag.INIT_EXT : 0)) >>> 0;
+    s.initFlags2 = flags2;
     s.writeback = (flags & InitFlag.WRITEBACK_CACHE) !== 0;
     s.submounts = (flags & InitFlag.SUBMOUNTS) !== 0;
     const maxWrite = Math.max(4096, this.cfg.maxWrite);
@@ -225,12 +235,13 @@ class FuseServer implements FuseSession {
     setU32(out, 16 + O.minor, Math.min(minor, FUSE_KERNEL_MINOR_VERSION));
     setU32(out, 16 + O.maxReadahead, req.u32(InitIn.off.maxReadahead));
     setU32(out, 16 + O.flags, flags);
+    if (ext) setU32(out, 16 + O.flags2, flags2);
     setU32(out, 16 + O.maxWrite, maxWrite);
     setU32(out, 16 + O.timeGran, 1);
     if (flags & InitFlag.MAX_PAGES) setU16(out, 16 + O.maxPages, Math.min(65535, Math.ceil(maxWrite / 4096)));
     this.initialized = true;
     this.destroyed = false;
-    s.log.debug(`INIT: client ${major}.${minor} flags 0x${clientFlags.toString(16)}, agreed 0x${flags.toString(16)}, ` +
+    s.log.debug(`INIT: client ${major}.${minor} flags 0x${clientFlags.toString(16)}/0x${clientFlags2.toString(16)}, agreed 0x${flags.toString(16)}/0x${flags2.toString(16)}, ` +
       `max_write ${maxWrite}, transport ${this.cfg.transport}`);
     return InitOut.size;
   }

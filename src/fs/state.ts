@@ -165,6 +165,8 @@ export class FsState {
   timeouts: Timeouts;
   /** Negotiated at INIT. */
   submounts = false;
+  /** The flags2 word agreed at INIT (InitFlag2 bits); 0 without INIT_EXT. */
+  initFlags2 = 0;
   writeback = false;
   /** --inode-file-handles=prefer|mandatory: new inodes keep a file handle, not an fd. */
   private readonly useHandles: boolean;
