@@ -23,11 +23,11 @@ import path from 'node:path';
 import {
   CreateIn, ENTRY_OUT_SIZE, EntryOutHead, InitIn, Op, OpenOut, ReadIn, ReleaseIn, WriteIn, WriteOut, opName,
 } from '../src/fs/fuse-abi.js';
-import { VirtioFsFrontend, type FuseReply } from './frontend/virtio-fs.js';
+import { type FuseReply } from './frontend/virtio-fs.js';
 import { cstr, request, struct } from './fs-helpers.js';
 import { seedFromEnv } from './fuzz/prng.js';
 import { RandomRequests } from './fuzz/random-requests.js';
-import { OneByOne, lastWords, launchSandboxed } from './fuzz/sandboxed-daemon.js';
+import { connectSandboxed, lastWords } from './fuzz/sandboxed-daemon.js';
 import { snapshot } from './fuzz/stateful-fuzzer.js';
 
 const PER_SEED = Number(process.env.VFS_FUZZ_REQUESTS ?? 40000);
@@ -145,17 +145,7 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
   const s = makeShare();
   t.teardown(() => fs.rmSync(s.parent, { recursive: true, force: true }));
   const before = snapshot(s.parent);
-  const d = await launchSandboxed(s.share, variant);
-  t.teardown(async () => {
-    await d.stop();
-    d.cleanup();
-  });
-  const fe = VirtioFsFrontend.open({ socketPath: d.sock });
-  let closed = false;
-  t.teardown(() => {
-    if (!closed) fe.close();
-  });
-  const io = new OneByOne(fe, d);
+  const { d, io, closeFrontend } = await connectSandboxed(t, s.share, variant);
   const ok = (op: number, parts: Buffer[], nodeid: bigint | number = 1): Buffer => {
     const r = io.call([request(op, parts, { nodeid })], [16, 256 * 1024]);
     if (r === undefined || r.header.error !== 0) throw new Error(`${opName.get(op)}: ${r === undefined ? 'no reply' : `error ${r.header.error}`}`);
@@ -216,8 +206,7 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
   t.deepEqual(ok(Op.READ, [struct(ReadIn, { fh, offset: 0n, size: 4096 })], node), data);
   ok(Op.RELEASE, [struct(ReleaseIn, { fh })], node);
   t.is(fs.readFileSync(path.join(s.share, fresh), 'utf8'), data.toString());
-  fe.close();
-  closed = true;
+  closeFrontend();
   t.is(await d.stop(), 0, `the launcher exits 0 after SIGTERM:\n${d.log().slice(-2000)}`);
 
   const oks = [...counts.entries()].filter(([k]) => k.endsWith(' ok')).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k.slice(0, -3)} ${v}`);

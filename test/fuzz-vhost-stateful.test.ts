@@ -15,10 +15,10 @@ import {
   Attr, CreateIn, ENTRY_OUT_SIZE, EntryOutHead, ForgetIn, GetattrIn, InitIn, Op, OpenOut, OutHeader, ReadIn,
   ReleaseIn, WriteIn, WriteOut,
 } from '../src/fs/fuse-abi.js';
-import { HIPRIO, VirtioFsFrontend } from './frontend/virtio-fs.js';
+import { HIPRIO } from './frontend/virtio-fs.js';
 import { cstr, request, struct } from './fs-helpers.js';
 import { seedFromEnv } from './fuzz/prng.js';
-import { DaemonDied, OneByOne, lastWords, launchSandboxed } from './fuzz/sandboxed-daemon.js';
+import { DaemonDied, connectSandboxed, lastWords } from './fuzz/sandboxed-daemon.js';
 import { S_IFREG, StatefulFuzzer, makeFuzzShare, snapshot } from './fuzz/stateful-fuzzer.js';
 
 const REQUESTS = Number(process.env.VFS_FUZZ_REQUESTS ?? 20000);
@@ -37,17 +37,7 @@ test('stateful fuzz through vhost-user into the sandboxed daemon (--seccomp kill
   const w = makeFuzzShare();
   t.teardown(() => fs.rmSync(w.parent, { recursive: true, force: true }));
   const before = snapshot(w.parent);
-  const d = await launchSandboxed(w.share, ['--xattr']);
-  t.teardown(async () => {
-    await d.stop();
-    d.cleanup();
-  });
-  const fe = VirtioFsFrontend.open({ socketPath: d.sock });
-  let closed = false;
-  t.teardown(() => {
-    if (!closed) fe.close();
-  });
-  const io = new OneByOne(fe, d);
+  const { d, io, closeFrontend } = await connectSandboxed(t, w.share, ['--xattr']);
   const call = (op: number, parts: Buffer[], nodeid: bigint | number = 1): { error: number; body: Buffer } => {
     const r = io.call([request(op, parts, { nodeid })], [OutHeader.size, 256 * 1024]);
     if (r === undefined) throw new Error(`${op}: no reply`);
@@ -130,8 +120,7 @@ test('stateful fuzz through vhost-user into the sandboxed daemon (--seccomp kill
   t.is(d.fdCount(), baseFds, `the daemon's fds once the guest let go of all (${fz.liveNodes.size} nodes, ${fz.liveFh.size} handles released)`);
   t.is(call(Op.DESTROY, [], 0).error, 0);
   t.true(d.alive());
-  fe.close();
-  closed = true;
+  closeFrontend();
   const answers = [...fz.errnos.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k}: ${v}`).join(', ');
   t.log(`answers: ${answers}`);
   t.is(await d.stop(), 0, `the launcher exits 0 after SIGTERM:\n${d.log().slice(-2000)}`);

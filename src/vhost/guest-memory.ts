@@ -16,7 +16,7 @@ import { closeFd } from '../sys/socket-calls.js';
 import { fstatfs } from '../sys/file-calls.js';
 import { mmapFd, munmap, viewBuffer, sealShrink, MAX_VIEW_BYTES, PAGE_SIZE, PROT_READ, PROT_WRITE, MAP_SHARED } from '../sys/memory-calls.js';
 import { sigbusGuard, lastGuardError, type SigbusGuard } from '../sys/sigbus-guard.js';
-import type { Segments } from '../fs/session.js';
+import { Segments } from '../fs/session.js';
 
 /** Window size and the overlap between consecutive windows (see the header). */
 export const WINDOW_BYTES = MAX_VIEW_BYTES;
@@ -146,25 +146,9 @@ class MappedRegion implements RegionSpec {
     return w.subarray(woff, woff + len);
   }
 
-  /** Views of [off, off + len) clipped to this region, pushed to `out`; returns bytes covered. */
-  segments(off: number, len: number, out: Buffer[]): number {
-    let done = 0;
-    const want = Math.min(len, this.size - off);
-    while (done < want) {
-      const pos = off + done;
-      const k = Math.floor(pos / WINDOW_STEP);
-      const w = this.window(k);
-      const woff = pos - k * WINDOW_STEP;
-      const take = Math.min(want - done, w.length - woff);
-      out.push(w.subarray(woff, woff + take));
-      done += take;
-    }
-    return done;
-  }
-
   /**
    * Ranges of [off, off + len) clipped to this region, pushed to `out` as (window, offset
-   * in it, host address); returns bytes covered. segments() without the views.
+   * in it, host address); returns bytes covered.
    */
   ranges(off: number, len: number, out: Segments): number {
     let done = 0;
@@ -200,6 +184,8 @@ export class GuestMemory {
   /** Regions taken out of the table after a fault, still mapped (stale views may exist) until the table is cleared. */
   private retired: MappedRegion[] = [];
   private lastHit = 0;
+  /** guestSegments() walks through this (see there). */
+  private readonly scratchRanges = new Segments();
   /** Bumped whenever the table changes, so cached ring views are re-resolved. */
   generation = 0;
 
@@ -369,27 +355,19 @@ export class GuestMemory {
    * len 0 pushes nothing and succeeds.
    */
   guestSegments(gpa: number, len: number, out: Buffer[]): boolean {
-    if (len === 0) return true;
-    const mark = out.length;
-    let cur = gpa;
-    let left = len;
-    while (left > 0) {
-      if (!Number.isSafeInteger(cur)) break;
-      const r = this.findGuest(cur);
-      if (r === undefined) break;
-      const got = r.segments(cur - r.guestAddr, left, out);
-      left -= got;
-      // Only continue into the next region when it starts exactly where this one ends.
-      cur = r.guestAddr + r.size;
-    }
-    if (left === 0) return true;
-    out.length = mark;
-    return false;
+    // The rare path (an indirect table that straddles windows, tests): views made from
+    // guestRanges(), so the bounds checks live in one walk.
+    const ranges = this.scratchRanges;
+    ranges.clear();
+    if (!this.guestRanges(gpa, len, ranges)) return false;
+    for (let i = 0; i < ranges.count; i++) out.push(ranges.view(i));
+    ranges.clear();
+    return true;
   }
 
   /**
-   * guestSegments() into a Segments list (ranges with host addresses, no views): what the
-   * chain walker uses. Returns false, with `out` restored, if any byte is outside memory.
+   * Ranges covering guest physical [gpa, gpa + len) pushed to `out` as (window, offset, host
+   * address), one per window or region crossed, no views made: what the chain walker uses. Returns false, with `out` restored, if any byte is outside memory.
    */
   guestRanges(gpa: number, len: number, out: Segments): boolean {
     if (len === 0) return true;

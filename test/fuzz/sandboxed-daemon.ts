@@ -200,3 +200,33 @@ function headerOf(r: FuseReply): Buffer {
   h.writeBigUInt64LE(BigInt.asUintN(64, r.header.unique), 8);
   return h;
 }
+
+export interface SandboxedSession {
+  d: SandboxedDaemon;
+  fe: VirtioFsFrontend;
+  io: OneByOne;
+  /** Close the frontend now (teardown then leaves it alone). */
+  closeFrontend(): void;
+}
+
+/**
+ * launchSandboxed() plus a connected frontend and a OneByOne over it, all torn down with
+ * the test (frontend closed, daemon stopped, socket dir removed) whatever way it ends.
+ */
+export async function connectSandboxed(t: { teardown(fn: () => void | Promise<void>): void }, share: string,
+  daemonArgs: readonly string[]): Promise<SandboxedSession> {
+  const d = await launchSandboxed(share, daemonArgs);
+  t.teardown(async () => {
+    await d.stop();
+    d.cleanup();
+  });
+  const fe = VirtioFsFrontend.open({ socketPath: d.sock });
+  let closed = false;
+  const closeFrontend = (): void => {
+    if (closed) return;
+    closed = true;
+    fe.close();
+  };
+  t.teardown(closeFrontend);
+  return { d, fe, io: new OneByOne(fe, d), closeFrontend };
+}
