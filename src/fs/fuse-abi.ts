@@ -137,6 +137,21 @@ export const InHeader = defineStruct('fuse_in_header', {
 });
 export const OutHeader = defineStruct('fuse_out_header', { len: 'u32', error: 'i32', unique: 'u64' });
 
+/**
+ * Request extensions (fuse_ext_header, 7.38+): appended after a request's arguments, their
+ * total length in fuse_in_header.total_extlen (units of 8 bytes), each record padded to 8.
+ * Types 0..FUSE_MAX_NR_SECCTX are a security context block (the type is its nr_secctx,
+ * fuse_secctx_header being laid out as an extension header); FUSE_EXT_GROUPS carries
+ * fuse_supp_groups (CREATE_SUPP_GROUP).
+ */
+export const ExtHeader = defineStruct('fuse_ext_header', { size: 'u32', type: 'u32' });
+export const FUSE_MAX_NR_SECCTX = 31;
+export const FUSE_EXT_GROUPS = 32;
+/** fuse_supp_groups: nr_groups, then nr_groups u32 gids. */
+export const SuppGroupsHead = defineStruct('fuse_supp_groups', { nrGroups: 'u32' });
+/** Records of the extension area are aligned to this (FUSE_REC_ALIGN). */
+export const FUSE_REC_ALIGN = 8;
+
 export const Attr = defineStruct('fuse_attr', {
   ino: 'u64', size: 'u64', blocks: 'u64', atime: 'u64', mtime: 'u64', ctime: 'u64',
   atimensec: 'u32', mtimensec: 'u32', ctimensec: 'u32', mode: 'u32', nlink: 'u32', uid: 'u32',

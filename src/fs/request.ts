@@ -10,6 +10,7 @@
 // writable ranges after the out header.
 import { constants as osConstants } from 'node:os';
 import { InHeader, OutHeader, Op, WriteIn, fixedArgSize } from './fuse-abi.js';
+import { extensionAreaProblem } from './request-ext.js';
 import type { Segments } from './session.js';
 import { u16, u32, setU32 } from '../le-bytes.js';
 
@@ -116,6 +117,12 @@ export class Request {
   readonly base = 0;
   /** Absolute end of the argument bytes in `buf` (extensions excluded). */
   end = 0;
+  /**
+   * The request's extension records (total_extlen), copied into `buf` at [extFrom, extEnd)
+   * and checked record by record (request-ext.ts); extFrom === extEnd when it has none.
+   */
+  extFrom = 0;
+  extEnd = 0;
   len = 0;
   opcode = 0;
   uniqueLo = 0;
@@ -158,6 +165,7 @@ export class Request {
     this.payloadFrom = 0;
     this.payloadLen = 0;
     this.end = 0;
+    this.extFrom = this.extEnd = 0;
     this.source = readable;
     const total = readable.bytes;
     if (total < IN_HEADER_SIZE) {
@@ -193,6 +201,13 @@ export class Request {
     if (fixed !== undefined && small - IN_HEADER_SIZE < fixed) {
       return `arguments of ${small - IN_HEADER_SIZE} bytes are shorter than the ${fixed}-byte struct`;
     }
+    this.extFrom = this.extEnd = argsEnd;
+    if (extLen > 0) {
+      this.gather(readable, this.len, argsEnd);
+      this.extEnd = this.len;
+      const bad = extensionAreaProblem(this.buf, argsEnd, this.len);
+      if (bad !== null) return bad;
+    }
     if (this.opcode === Op.WRITE) {
       const size = u32(this.buf, this.args + WriteIn.off.size);
       if (argsEnd - small !== size) return `WRITE size ${size} but ${argsEnd - small} payload bytes`;
@@ -204,7 +219,12 @@ export class Request {
 
   /** Copy bytes [from, n) of the request into `buf` at the same offsets. */
   private gather(readable: Segments, n: number, from = 0): void {
-    if (this.buf.length < n) this.buf = Buffer.alloc(Math.max(n, this.buf.length * 2));
+    if (this.buf.length < n) {
+      // Grown mid-request (the extensions after the arguments): keep what is already copied.
+      const grown = Buffer.alloc(Math.max(n, this.buf.length * 2));
+      this.buf.copy(grown, 0, 0, from);
+      this.buf = grown;
+    }
     const dst = this.buf;
     let pos = 0;
     for (let i = 0; i < readable.count && pos < n; i++) {
