@@ -79,6 +79,15 @@ test('virtiofsd options with an equivalent here are accepted, with a note where 
   t.regex(noted.notes.join('\n'), /--killpriv-v2: .*clears setuid/);
 });
 
+test('--migration-* options take virtiofsd values and defaults', (t) => {
+  const base = ['--shared-dir', '/srv', '--socket-path', '/run/v.sock'];
+  t.deepEqual(parseDaemonArgs(base).fs.migration, { mode: 'find-paths', onError: 'abort', verifyHandles: false, confirmPaths: false });
+  const all = parseDaemonArgs([...base, '--migration-mode=file-handles', '--migration-on-error', 'guest-error', '--migration-verify-handles', '--migration_confirm_paths']);
+  t.deepEqual(all.fs.migration, { mode: 'file-handles', onError: 'guest-error', verifyHandles: true, confirmPaths: true });
+  // Each parse has its own migration options (not the defaults object).
+  t.is(parseDaemonArgs(base).fs.migration.mode, 'find-paths');
+});
+
 test('virtiofsd options vfs does not implement are refused saying so and what to do', (t) => {
   const base = ['--shared-dir', '/srv', '--socket-path', '/run/v.sock'];
   const cases: [string[], RegExp][] = [
@@ -87,7 +96,8 @@ test('virtiofsd options vfs does not implement are refused saying so and what to
     [['--security-label'], /^--security-label: a virtiofsd option vfs does not support/],
     [['--allow-mmap'], /^--allow-mmap: a virtiofsd option vfs does not support/],
     [['--translate-uid', 'map:1000:0:1'], /^--translate-uid: .*--uid-map/],
-    [['--migration-mode=find-paths'], /^--migration-mode: .*migration is not supported/],
+    [['--migration-mode=paths'], /^--migration-mode: 'paths' is not one of find-paths\|file-handles/],
+    [['--migration-on-error=ignore'], /^--migration-on-error: 'ignore' is not one of abort\|guest-error/],
     [['--inode-file-handles=always'], /^--inode-file-handles: 'always' is not one of never\|prefer\|mandatory/],
     [['--no-such-thing'], /^--no-such-thing: unknown option; run with --help/],
   ];

@@ -111,7 +111,7 @@ test('the binary: a refused option exits 2 with one line on stderr, nothing on s
 test('the binary: --print-capabilities prints the vhost-user.json document', (t) => {
   const r = spawnSync(process.execPath, [...LAUNCHER.slice(1), '--print-capabilities'], { cwd: ROOT, encoding: 'utf8' });
   t.is(r.status, 0, r.stderr);
-  t.deepEqual(JSON.parse(r.stdout), { type: 'fs', features: ['separate-options'] });
+  t.deepEqual(JSON.parse(r.stdout), { type: 'fs', features: ['migrate-precopy', 'separate-options'] });
 });
 
 test('--help lists launcher and daemon options', async (t) => {

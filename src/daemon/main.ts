@@ -104,7 +104,10 @@ async function run(argv: string[]): Promise<number> {
 
   const capabilities = resolveCapabilities(cfg.modcaps);
   // open_by_handle_at needs CAP_DAC_READ_SEARCH (as virtiofsd, which adds it for handles).
-  if (cfg.fs.inodeFileHandles !== 'never' && !capabilities.includes('dac_read_search')) capabilities.push('dac_read_search');
+  // A file-handles migration destination opens handles too (virtiofsd asks for
+  // --modcaps=+dac_read_search there; the mode is set on both sides, so we add it).
+  const handles = cfg.fs.inodeFileHandles !== 'never' || cfg.fs.migration.mode === 'file-handles';
+  if (handles && !capabilities.includes('dac_read_search')) capabilities.push('dac_read_search');
   const seccomp = await seccompProgram(cfg);
   const transport = await openTransport(cfg);
   if (cfg.mountpoint !== undefined) await startUnmountWatcher(cfg.mountpoint);

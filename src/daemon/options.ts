@@ -103,6 +103,24 @@ const OPTIONS: Record<string, OptionSpec> = {
     help: 'never: O_PATH fds (default); prefer: file handles where the file system has them; mandatory: file handles or fail',
     apply: (c, v) => { c.fs.inodeFileHandles = enumOf(['never', 'prefer', 'mandatory'] as const, v); },
   },
+  'migration-mode': {
+    kind: 'string', values: ['find-paths', 'file-handles'],
+    help: 'find-paths: send each inode as a path (default); file-handles: send file handles (same file system on both sides, CAP_DAC_READ_SEARCH)',
+    apply: (c, v) => { c.fs.migration.mode = enumOf(['find-paths', 'file-handles'] as const, v); },
+  },
+  'migration-on-error': {
+    kind: 'string', values: ['abort', 'guest-error'],
+    help: 'destination: abort: fail the migration when an inode cannot be found (default); guest-error: go on, the guest gets errors for it',
+    apply: (c, v) => { c.fs.migration.onError = enumOf(['abort', 'guest-error'] as const, v); },
+  },
+  'migration-verify-handles': {
+    kind: 'flag', help: 'find-paths: send file handles too, so the destination checks it opened the very same files',
+    apply: on((c) => { c.fs.migration.verifyHandles = true; }),
+  },
+  'migration-confirm-paths': {
+    kind: 'flag', help: 'find-paths: check every path at switch-over and correct it from /proc/self/fd',
+    apply: on((c) => { c.fs.migration.confirmPaths = true; }),
+  },
   'killpriv-v2': {
     kind: 'flag', help: 'accepted; HANDLE_KILLPRIV_V2 is not offered (the guest clears setuid/setgid itself)',
     apply: on((c) => { c.notes.push('--killpriv-v2: FUSE_HANDLE_KILLPRIV_V2 is not offered; the guest kernel clears setuid/setgid itself, with the same result'); }),
@@ -130,10 +148,6 @@ const NOT_SUPPORTED: Record<string, string> = {
   'allow-mmap': 'FUSE_DIRECT_IO_ALLOW_MMAP is not offered; remove --allow-mmap (with --cache=never the guest cannot mmap files shared-writable)',
   'translate-uid': 'id translation is not supported; remove it, or run vfs-launch with --uid-map/--gid-map (user-namespace maps)',
   'translate-gid': 'id translation is not supported; remove it, or run vfs-launch with --uid-map/--gid-map (user-namespace maps)',
-  'migration-mode': 'live migration is not supported; remove the --migration-* options',
-  'migration-on-error': 'live migration is not supported; remove the --migration-* options',
-  'migration-verify-handles': 'live migration is not supported; remove the --migration-* options',
-  'migration-confirm-paths': 'live migration is not supported; remove the --migration-* options',
 };
 
 function unknownOption(rawName: string): UsageError {
@@ -222,7 +236,7 @@ function applyLegacy(cfg: DaemonConfig, list: string, seen: Map<string, string>,
 export function defaultDaemonConfig(): DaemonConfig {
   return {
     sharedDir: '',
-    fs: { ...DEFAULT_FS_OPTIONS },
+    fs: { ...DEFAULT_FS_OPTIONS, migration: { ...DEFAULT_FS_OPTIONS.migration } },
     sandbox: 'namespace',
     seccomp: 'kill',
     seccompPolicies: [],

@@ -5,7 +5,9 @@
 import { constants as osConstants } from 'node:os';
 import { clearGroupsThread, setUmask } from '../sys/cred-calls.js';
 import type { FsOptions } from './options.js';
-import { Segments, type FuseSession, type TransportKind } from './session.js';
+import { Segments, type FuseSession, type SessionMigration, type TransportKind } from './session.js';
+import { applyState, collectState } from './migration.js';
+import { decodeState, encodeState, StateFormatError, type MigrationState } from './migration-state.js';
 import {
   ENTRY_OUT_SIZE, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_MIN_MINOR_VERSION, InitFlag, InitIn, InitOut, Op, OpenOut, opName,
 } from './fuse-abi.js';
@@ -120,7 +122,50 @@ function offeredFlags2(_opts: FsOptions): number {
 class FuseServer implements FuseSession {
   private readonly s: FsState;
   private initialized = false;
+  /** The INIT flags agreed with the client (migrated with the tables). */
+  private agreedFlags = 0;
   destroyed = false;
+
+  /** Live migration of the tables (migration.ts) and of what INIT agreed. */
+  readonly migration: SessionMigration = {
+    save: () => {
+      const s = this.s;
+      const started = Date.now();
+      const { state, failed } = collectState(s, s.opts.migration, this.initialized ? { flags: this.agreedFlags, flags2: s.initFlags2 } : null);
+      const data = encodeState(state);
+      s.log.info(`migration: state of ${state.inodes.length} inodes and ${state.handles.length} handles (${data.length} bytes, mode ${s.opts.migration.mode}` +
+        `${failed > 0 ? `, ${failed} inodes not locatable` : ''}) collected in ${Date.now() - started} ms`);
+      return data;
+    },
+    load: (data) => {
+      const s = this.s;
+      let state: MigrationState;
+      try {
+        state = decodeState(data);
+      } catch (err) {
+        if (err instanceof StateFormatError) return err.message;
+        throw err;
+      }
+      // The guest's node ids replace whatever this side had (nothing, normally).
+      this.release();
+      const r = applyState(s, state, s.opts.migration.onError);
+      if (typeof r === 'string') return r;
+      if (state.session !== null) {
+        const f = state.session.flags;
+        const extra = (f & ~offeredFlags(s.opts) & ~InitFlag.INIT_EXT) >>> 0;
+        if (extra !== 0) s.log.warn(`migration: the source agreed INIT flags 0x${extra.toString(16)} this daemon does not offer with its options`);
+        this.agreedFlags = f;
+        s.initFlags2 = state.session.flags2;
+        s.writeback = (f & InitFlag.WRITEBACK_CACHE) !== 0;
+        s.submounts = (f & InitFlag.SUBMOUNTS) !== 0;
+        this.initialized = true;
+        this.destroyed = false;
+      }
+      s.log.info(`migration: restored ${state.inodes.length - r.lost} of ${state.inodes.length} inodes and the handles` +
+        `${r.lost > 0 ? ` (${r.lost} inodes or handles lost: the guest gets errors for them)` : ''}`);
+      return undefined;
+    },
+  };
 
   constructor(private readonly cfg: FuseServerConfig) {
     // Room for the largest request: a maximal WRITE or a 64 KiB xattr value, plus headers.
@@ -226,6 +271,7 @@ class FuseServer implements FuseSession {
     const flags2 = (clientFlags2 & offeredFlags2(s.opts)) >>> 0;
     const flags = ((clientFlags & offeredFlags(s.opts)) | (ext ? InitFlag.INIT_EXT : 0)) >>> 0;
     s.initFlags2 = flags2;
+    this.agreedFlags = flags;
     s.writeback = (flags & InitFlag.WRITEBACK_CACHE) !== 0;
     s.submounts = (flags & InitFlag.SUBMOUNTS) !== 0;
     const maxWrite = Math.max(4096, this.cfg.maxWrite);

@@ -92,6 +92,8 @@ export interface Handle {
   readonly fh: number;
   readonly fd: number;
   readonly inode: Inode;
+  /** The host open flags (what a migration destination reopens it with). */
+  readonly flags: number;
 }
 
 /** The 64-bit mount id of a statx buffer (exact as a double below 2^53). */
@@ -159,7 +161,49 @@ export class InodeTable {
 
   /** The errno for a request whose node get() did not give: ENOENT if unknown, else why it could not be reopened. */
   missing(nodeid: number): number {
+    const lost = this.lost.get(nodeid);
+    if (lost !== undefined) return -lost.errno;
     return this.byId.has(nodeid) ? (this.lastError < 0 ? this.lastError : -ESTALE) : -ENOENT;
+  }
+
+  /**
+   * Inodes a migration destination could not find again (--migration-on-error=guest-error):
+   * the guest still holds their node ids, and every request on one gets its errno.
+   */
+  private readonly lost = new Map<number, { refs: number; errno: number }>();
+
+  get lostCount(): number {
+    return this.lost.size;
+  }
+
+  /** Every inode but the root, in table order (migration). */
+  others(): Inode[] {
+    const out: Inode[] = [];
+    for (const i of this.byId.values()) if (i !== this.root) out.push(i);
+    return out;
+  }
+
+  /** The inode `nodeid` as it is (no reopen), for migration. */
+  peek(nodeid: number): Inode | undefined {
+    return this.byId.get(nodeid);
+  }
+
+  /** Migration destination: adopt an inode under the node id the guest knows it by. */
+  restore(nodeid: number, fd: number, stx: Buffer, parent: Inode | null, name: Buffer | null, handle: Buffer | null, refs: number): Inode {
+    const ino = this.make(nodeid, fd, stx, parent, name === null ? null : Buffer.from(name), handle);
+    ino.refs = refs;
+    if (parent !== null) parent.pins++;
+    ino.epoch = this.epoch;
+    this.index(ino);
+    if (fd >= 0) this.adoptFd(ino);
+    this.nextId = Math.max(this.nextId, nodeid + 1);
+    return ino;
+  }
+
+  /** Migration destination: a node id the guest holds whose file could not be found. */
+  restoreLost(nodeid: number, refs: number, errno: number): void {
+    this.lost.set(nodeid, { refs, errno });
+    this.nextId = Math.max(this.nextId, nodeid + 1);
   }
 
   /** Make sure `ino` holds an fd and mark it used by this request; 0 or -errno. */
@@ -228,6 +272,12 @@ export class InodeTable {
 
   /** Drop `n` lookups; closes and forgets the inode at zero. The root is never freed. */
   forget(nodeid: number, n: number): void {
+    const lost = this.lost.get(nodeid);
+    if (lost !== undefined) {
+      lost.refs -= n;
+      if (lost.refs <= 0) this.lost.delete(nodeid);
+      return;
+    }
     const ino = this.byId.get(nodeid);
     if (ino === undefined || ino === this.root) return;
     ino.refs -= n;
@@ -245,6 +295,7 @@ export class InodeTable {
     }
     this.byId.clear();
     this.byKey.clear();
+    this.lost.clear();
     this.lruHead = null;
     this.lruTail = null;
     this.root.next = null;
@@ -413,12 +464,26 @@ export class HandleTable {
     return h !== undefined && h.inode.nodeid === nodeid ? h : undefined;
   }
 
-  add(fd: number, inode: Inode): Handle {
-    const h: Handle = { fh: this.nextFh++, fd, inode };
+  add(fd: number, inode: Inode, flags = 0): Handle {
+    return this.put({ fh: this.nextFh++, fd, inode, flags });
+  }
+
+  /** Every open handle (migration). */
+  all(): Handle[] {
+    return [...this.byFh.values()];
+  }
+
+  /** Migration destination: a reopened handle under the fh the guest knows it by. */
+  restore(fh: number, fd: number, inode: Inode, flags: number): Handle {
+    this.nextFh = Math.max(this.nextFh, fh + 1);
+    return this.put({ fh, fd, inode, flags });
+  }
+
+  private put(h: Handle): Handle {
     this.byFh.set(h.fh, h);
     this.inodes.handleFds++;
     // An open handle keeps its inode (a guest may FORGET a directory it still reads).
-    this.inodes.pin(inode);
+    this.inodes.pin(h.inode);
     return h;
   }
 

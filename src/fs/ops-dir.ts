@@ -27,7 +27,7 @@ export function opendir(s: FsState): number {
   if (!s.reply.reserve(OpenOut.size)) return -E.EIO;
   const fd = openat(s.procSelfFd, ino.procName, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return fd;
-  const h = s.handles.add(fd, ino);
+  const h = s.handles.add(fd, ino, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   const out = s.reply.out;
   setU32(out, 16 + OpenOut.off.fh, h.fh >>> 0);
   setU32(out, 16 + OpenOut.off.fh + 4, Math.floor(h.fh / 0x100000000));

@@ -84,7 +84,7 @@ export function open(s: FsState): number {
   // truncation by the host kernel for a caller without CAP_FSETID, it clears setuid/setgid.
   const fd = (flags & O_TRUNC) !== 0 ? s.asCaller(() => openat(s.procSelfFd, ino.procName, hf)) : openat(s.procSelfFd, ino.procName, hf);
   if (fd < 0) return fd;
-  const h = s.handles.add(fd, ino);
+  const h = s.handles.add(fd, ino, hf);
   openOut(s, 16, h.fh, fopenFlags(s, flags));
   return OpenOut.size;
 }
@@ -134,7 +134,7 @@ function createCommon(s: FsState, tmp: boolean): number {
     close(fd);
     return ino;
   }
-  const h = s.handles.add(fd, ino);
+  const h = s.handles.add(fd, ino, tmp ? hf & ~(O_TRUNC | O_APPEND) : hf);
   s.writeEntry(s.reply.out, 16, ino, parent);
   openOut(s, 16 + ENTRY_OUT_SIZE, h.fh, fopenFlags(s, flags));
   return ENTRY_OUT_SIZE + OpenOut.size;

@@ -2,6 +2,14 @@
 // option parser fills this; the passthrough core reads it.
 export type CachePolicy = 'never' | 'metadata' | 'auto' | 'always';
 
+/** --migration-*: how the state is represented (source) and what a failure does (destination). */
+export interface MigrationOptions {
+  mode: 'find-paths' | 'file-handles';
+  onError: 'abort' | 'guest-error';
+  verifyHandles: boolean;
+  confirmPaths: boolean;
+}
+
 export interface FsOptions {
   /** --cache: how long the client may cache attributes, entries and data. */
   cache: CachePolicy;
@@ -23,6 +31,8 @@ export interface FsOptions {
   inodeFileHandles: 'never' | 'prefer' | 'mandatory';
   /** RLIMIT_NOFILE the daemon runs under (0: unknown); the fd budget is derived from it. */
   fdLimit: number;
+  /** Live migration (vhost-user DEVICE_STATE). */
+  migration: MigrationOptions;
 }
 
 export const DEFAULT_FS_OPTIONS: FsOptions = {
@@ -36,4 +46,5 @@ export const DEFAULT_FS_OPTIONS: FsOptions = {
   preserveNoatime: false,
   inodeFileHandles: 'never',
   fdLimit: 0,
+  migration: { mode: 'find-paths', onError: 'abort', verifyHandles: false, confirmPaths: false },
 };

@@ -69,6 +69,14 @@ export class Segments {
   }
 }
 
+/** Live migration of a session's state (vhost-user DEVICE_STATE). */
+export interface SessionMigration {
+  /** The state as bytes (source, device stopped); a string says why it cannot be had. */
+  save(): Buffer | string;
+  /** Take the source's state (destination): undefined when in place, else why not. */
+  load(data: Buffer): string | undefined;
+}
+
 export interface FuseSession {
   /**
    * Serve one request. `readable` holds the request bytes in order (header, arguments,
@@ -85,4 +93,6 @@ export interface FuseSession {
   handleSegments?(readable: Segments, writable: Segments): number;
   /** True once DESTROY was served (a /dev/fuse transport then stops reading). */
   readonly destroyed: boolean;
+  /** Live migration of the session's tables (absent: the transport offers none). */
+  readonly migration?: SessionMigration;
 }

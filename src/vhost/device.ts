@@ -17,7 +17,7 @@ import { VhostUserConnection } from './vhost-user-connection.js';
 import { VhostUserBackend, type KickWatcher } from './vhost-user-backend.js';
 import { DescriptorChain, MAX_QUEUE_SIZE } from './descriptor-chain.js';
 import { checkTag, requestName } from './vhost-user-protocol.js';
-import type { SplitQueue } from './virtqueue.js';
+import { ringSizes, type SplitQueue } from './virtqueue.js';
 import { describeRegion } from './guest-memory.js';
 import { InHeader, OutHeader } from '../fs/fuse-abi.js';
 
@@ -78,7 +78,10 @@ class Device implements KickWatcher {
     numQueues: number,
   ) {
     this.backend = new VhostUserBackend(
-      { log, tag: cfg.tag, numQueues, configRequestQueues: 1, queueSizeMax: Math.min(cfg.queueSizeMax ?? MAX_QUEUE_SIZE, MAX_QUEUE_SIZE) },
+      {
+        log, tag: cfg.tag, numQueues, configRequestQueues: 1, queueSizeMax: Math.min(cfg.queueSizeMax ?? MAX_QUEUE_SIZE, MAX_QUEUE_SIZE),
+        deviceState: session.migration,
+      },
       this,
     );
     this.badChains = new Array<number>(numQueues).fill(0);
@@ -175,6 +178,7 @@ class Device implements KickWatcher {
         const len = chain.error === undefined ? this.serve(q, chain) : this.reject(q, chain);
         if (this.memoryFaulted(q, chain)) break;
         q.pushUsed(chain.head, len);
+        if (this.backend.dirtyLog.enabled) this.backend.dirtyLog.markWritten(this.backend.mem, chain.writeSegs, len);
         q.exposeUsed();
         if (q.undecided >= SIGNAL_BATCH) q.flush();
       }
@@ -185,6 +189,8 @@ class Device implements KickWatcher {
       }
       if (!q.enableNotify()) break;
     }
+    // Every write to the used ring (entries, idx, avail_event) happened in this turn.
+    if (this.backend.dirtyLog.enabled && q.logUsed >= 0) this.backend.dirtyLog.markGuest(q.logUsed, ringSizes(q.size).used);
     chain.reset(0);
     this.memoryFaulted(undefined, undefined);
   }

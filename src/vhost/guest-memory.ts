@@ -165,6 +165,12 @@ class MappedRegion implements RegionSpec {
     return done;
   }
 
+  /** Guest physical address of host address `host`, or -1 when it is not in this region. */
+  guestOf(host: number): number {
+    const off = host - this.hostAddr;
+    return off >= 0 && off < this.size ? this.guestAddr + off : -1;
+  }
+
   unmap(): void {
     this.windows.fill(undefined);
     // Out of the guard's table first: the address range may be reused by the next mmap.
@@ -393,6 +399,15 @@ export class GuestMemory {
   guestSlice(gpa: number, len: number): Buffer | undefined {
     const r = this.findGuest(gpa);
     return r === undefined ? undefined : r.slice(gpa - r.guestAddr, len);
+  }
+
+  /** Guest physical address of a host address in one of our mappings (dirty logging), or -1. */
+  guestOfHost(host: number): number {
+    for (const r of this.regions) {
+      const g = r.guestOf(host);
+      if (g >= 0) return g;
+    }
+    return -1;
   }
 
   /** A single view of the frontend's virtual [uva, uva + len) (ring addresses), or undefined. */

@@ -6,19 +6,40 @@
 // a non-zero REPLY_ACK; only a request whose mandatory reply cannot be given closes the
 // connection. What the backend offers: virtio VERSION_1, INDIRECT_DESC, EVENT_IDX and
 // protocol features MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, and CONFIG only when a tag is set
-// (QEMU 7.1 to 8.0 abort on a vhost-user-fs backend that offers CONFIG).
+// (QEMU 7.1 to 8.0 abort on a vhost-user-fs backend that offers CONFIG). With a device-state
+// handler (the daemon always has one) it also offers what live migration takes: LOG_ALL
+// with LOG_SHMFD (dirty-page logging, dirty-log.ts; QEMU blocks migration without LOG_ALL)
+// and DEVICE_STATE (SET_DEVICE_STATE_FD moves the handler's state through a pipe,
+// state-transfer.ts; CHECK_DEVICE_STATE then says whether it worked).
 import type { Logger } from '../log.js';
 import { closeFd } from '../sys/event-calls.js';
 import { GuestMemory, GuestMemoryError, describeRegion, type RegionSpec } from './guest-memory.js';
 import { SplitQueue, validQueueSize, ringSizes, RING_ALIGN, type QueueEnv } from './virtqueue.js';
+import { DirtyLog } from './dirty-log.js';
+import { readState, writeState } from './state-transfer.js';
 import {
   Req, Feature, ProtocolFeature, FLAG_NEED_REPLY, VRING_STATE, VRING_ADDR, VRING_ADDR_F_LOG, VRING_FD_INDEX_MASK, VRING_FD_NOFD,
-  MEM_TABLE, MEM_REGION, SINGLE_MEM_REGION, CONFIG, U64, VIRTIO_FS_CONFIG, requestName, decodeVringState, decodeVringAddr,
-  decodeRegion, decodeConfigAccess, encodeConfigAccess, encodeVringState, encodeVirtioFsConfig, type Message,
+  MEM_TABLE, MEM_REGION, SINGLE_MEM_REGION, CONFIG, U64, VIRTIO_FS_CONFIG, LOG_BASE, DEVICE_STATE_XFER, StateDirection,
+  STATE_PHASE_STOPPED, DEVICE_STATE_NOFD, requestName, decodeVringState, decodeVringAddr, readSafeU64,
+  decodeRegion, decodeConfigAccess, encodeConfigAccess, encodeVringState, encodeVirtioFsConfig, encodeU64, type Message,
 } from './vhost-user-protocol.js';
 
 export const OFFERED_FEATURES = Feature.VERSION_1 | Feature.RING_INDIRECT_DESC | Feature.RING_EVENT_IDX | Feature.PROTOCOL_FEATURES;
 const BASE_PROTOCOL_FEATURES = ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK | ProtocolFeature.CONFIGURE_MEM_SLOTS;
+/** What a backend with a device-state handler adds: migration. */
+export const MIGRATION_FEATURES = Feature.LOG_ALL;
+export const MIGRATION_PROTOCOL_FEATURES = ProtocolFeature.LOG_SHMFD | ProtocolFeature.DEVICE_STATE;
+
+/** The backend's internal state for live migration (the FUSE session's tables). */
+export interface DeviceStateHandler {
+  /** The state to send (the device is stopped); a string says why there is none. */
+  save(): Buffer | string;
+  /** Take a received state: undefined when it is in place, else why it failed. */
+  load(data: Buffer): string | undefined;
+}
+
+/** A SET_DEVICE_STATE_FD accepted and to be run once its reply is out. */
+type PendingTransfer = { direction: 'save'; fd: number; data: Buffer } | { direction: 'load'; fd: number };
 
 /** Memory slots we tell the frontend it may use (ADD_MEM_REG). */
 export const MAX_MEM_SLOTS = 509;
@@ -31,6 +52,8 @@ export interface BackendOptions {
   /** num_request_queues in the config space (GET_CONFIG). */
   configRequestQueues: number;
   queueSizeMax: number;
+  /** Live migration of the backend's state; without it DEVICE_STATE and LOG_ALL are not offered. */
+  deviceState?: DeviceStateHandler;
 }
 
 /** The device loop's view of kick descriptors coming and going. */
@@ -59,7 +82,13 @@ export class VhostUserBackend {
   ackedFeatures = 0n;
   ackedProtocolFeatures = 0n;
   private readonly offeredProtocol: bigint;
+  readonly offeredFeatures: bigint;
   private readonly config: Buffer | undefined;
+  /** Dirty-page log (live migration). */
+  readonly dirtyLog = new DirtyLog();
+  private pending: PendingTransfer | undefined;
+  /** Outcome of the last state transfer: undefined none yet, '' success, else why it failed. */
+  private transferOutcome: string | undefined;
 
   constructor(
     private readonly opts: BackendOptions,
@@ -68,7 +97,9 @@ export class VhostUserBackend {
     this.mem = new GuestMemory(MAX_MEM_SLOTS);
     this.env = { mem: this.mem, log: opts.log, eventIdx: false, walk: { indirect: false }, protocolFeatures: false };
     this.queues = Array.from({ length: opts.numQueues }, (_, i) => new SplitQueue(i, this.env));
-    this.offeredProtocol = BASE_PROTOCOL_FEATURES | (opts.tag !== undefined ? ProtocolFeature.CONFIG : 0n);
+    const migration = opts.deviceState !== undefined;
+    this.offeredFeatures = OFFERED_FEATURES | (migration ? MIGRATION_FEATURES : 0n);
+    this.offeredProtocol = BASE_PROTOCOL_FEATURES | (opts.tag !== undefined ? ProtocolFeature.CONFIG : 0n) | (migration ? MIGRATION_PROTOCOL_FEATURES : 0n);
     this.config = opts.tag !== undefined ? encodeVirtioFsConfig(opts.tag, opts.configRequestQueues) : undefined;
   }
 
@@ -97,7 +128,30 @@ export class VhostUserBackend {
     }
     if (r.reply !== undefined) send(msg.request, r.reply);
     else if ((msg.flags & FLAG_NEED_REPLY) !== 0) send(msg.request, r.ok ? 0n : 1n);
+    // The state moves only now: the frontend touches its end of the pipe after the reply.
+    if (this.pending !== undefined) this.runTransfer(this.pending);
     return { close: false };
+  }
+
+  private runTransfer(t: PendingTransfer): void {
+    this.pending = undefined;
+    const started = Date.now();
+    try {
+      if (t.direction === 'save') {
+        writeState(t.fd, t.data);
+        this.transferOutcome = '';
+        this.opts.log.info(`migration: sent ${t.data.length} bytes of state in ${Date.now() - started} ms`);
+      } else {
+        const data = readState(t.fd);
+        const why = (this.opts.deviceState as DeviceStateHandler).load(data);
+        this.transferOutcome = why ?? '';
+        if (why === undefined) this.opts.log.info(`migration: loaded ${data.length} bytes of state in ${Date.now() - started} ms`);
+        else this.opts.log.error(`migration: the state could not be loaded: ${why}`);
+      }
+    } catch (err) {
+      this.transferOutcome = (err as Error).message;
+      this.opts.log.error(`migration: ${(err as Error).message}`);
+    }
   }
 
   /** Take exactly `want` descriptors out of msg.fds (or none, when allowed), or say what is wrong. */
@@ -122,7 +176,7 @@ export class VhostUserBackend {
     const p = msg.payload;
     switch (msg.request) {
       case Req.GET_FEATURES:
-        return { ok: true, reply: OFFERED_FEATURES };
+        return { ok: true, reply: this.offeredFeatures };
       case Req.GET_PROTOCOL_FEATURES:
         return { ok: true, reply: this.offeredProtocol };
       case Req.GET_QUEUE_NUM:
@@ -166,6 +220,19 @@ export class VhostUserBackend {
         return this.getConfig(msg);
       case Req.SET_CONFIG:
         return fail('the virtio-fs config space is read-only');
+      case Req.SET_LOG_BASE:
+        return this.setLogBase(msg);
+      case Req.SET_LOG_FD: {
+        // An optional eventfd to tell the frontend the log changed; QEMU reads the log itself.
+        const fds = this.takeFds(msg, 1, true);
+        if (typeof fds === 'string') return fail(fds);
+        for (const fd of fds) closeFd(fd);
+        return OK;
+      }
+      case Req.SET_DEVICE_STATE_FD:
+        return this.setDeviceStateFd(msg);
+      case Req.CHECK_DEVICE_STATE:
+        return this.checkDeviceState(msg);
       default:
         return fail('not supported');
     }
@@ -175,7 +242,10 @@ export class VhostUserBackend {
     const bad = this.sizeIs(msg, U64.bytes) ?? this.noFds(msg);
     if (bad !== undefined) return fail(bad);
     const v = msg.payload.readBigUInt64LE(0);
-    if ((v & ~OFFERED_FEATURES) !== 0n) return fail(`features ${hexFeatures(v)} include some not offered (${hexFeatures(OFFERED_FEATURES)})`);
+    if ((v & ~this.offeredFeatures) !== 0n) return fail(`features ${hexFeatures(v)} include some not offered (${hexFeatures(this.offeredFeatures)})`);
+    const logging = (v & Feature.LOG_ALL) !== 0n;
+    if (logging !== this.dirtyLog.enabled) this.opts.log.info(`dirty-page logging ${logging ? 'on (migration started)' : 'off'}`);
+    this.dirtyLog.enabled = logging;
     this.ackedFeatures = v;
     this.env.eventIdx = (v & Feature.RING_EVENT_IDX) !== 0n;
     this.env.walk.indirect = (v & Feature.RING_INDIRECT_DESC) !== 0n;
@@ -285,7 +355,7 @@ export class VhostUserBackend {
     if (a.desc % RING_ALIGN.desc !== 0 || a.avail % RING_ALIGN.avail !== 0 || a.used % RING_ALIGN.used !== 0) {
       return fail(`queue ${a.index}: misaligned ring addresses desc 0x${a.desc.toString(16)} avail 0x${a.avail.toString(16)} used 0x${a.used.toString(16)}`);
     }
-    if ((a.flags & VRING_ADDR_F_LOG) !== 0) this.opts.log.debug(`queue ${a.index}: dirty logging requested but not offered; ignored`);
+    if ((a.flags & VRING_ADDR_F_LOG) !== 0 && a.log === undefined) return fail(`queue ${a.index}: used-ring log address beyond 2^53`);
     // With memory and a size known, rings outside memory are refused now; otherwise the
     // queue checks again (and waits) when it is used.
     if (this.mem.regionCount > 0 && q.size > 0) {
@@ -295,7 +365,66 @@ export class VhostUserBackend {
       }
     }
     q.setAddresses({ desc: a.desc, avail: a.avail, used: a.used });
+    q.logUsed = (a.flags & VRING_ADDR_F_LOG) !== 0 && a.log !== undefined ? a.log : -1;
     return OK;
+  }
+
+  private setLogBase(msg: Message): Result {
+    const nack: Result = { ok: false, reason: '', reply: encodeU64(1) };
+    if ((this.ackedProtocolFeatures & ProtocolFeature.LOG_SHMFD) === 0n) return { ...nack, reason: 'LOG_SHMFD was not negotiated' };
+    const bad = this.sizeIs(msg, LOG_BASE.bytes);
+    if (bad !== undefined) return { ...nack, reason: bad };
+    const fds = this.takeFds(msg, 1);
+    if (typeof fds === 'string') return { ...nack, reason: fds };
+    const size = readSafeU64(msg.payload, LOG_BASE.size);
+    const offset = readSafeU64(msg.payload, LOG_BASE.offset);
+    if (size === undefined || offset === undefined) {
+      closeFd(fds[0] as number);
+      return { ...nack, reason: 'log size or offset beyond 2^53' };
+    }
+    const why = this.dirtyLog.map(fds[0] as number, size, offset);
+    if (why !== undefined) return { ...nack, reason: `dirty log: ${why}` };
+    this.opts.log.debug(`dirty log: ${size} bytes (${size * 8} pages)`);
+    return { ok: true, reply: 0n };
+  }
+
+  private setDeviceStateFd(msg: Message): Result {
+    const nack = (reason: string): Result => ({ ok: false, reason, reply: encodeU64(1 | DEVICE_STATE_NOFD) });
+    const handler = this.opts.deviceState;
+    if (handler === undefined || (this.ackedProtocolFeatures & ProtocolFeature.DEVICE_STATE) === 0n) return nack('DEVICE_STATE was not negotiated');
+    const bad = this.sizeIs(msg, DEVICE_STATE_XFER.bytes);
+    if (bad !== undefined) return nack(bad);
+    const fds = this.takeFds(msg, 1);
+    if (typeof fds === 'string') return nack(fds);
+    const fd = fds[0] as number;
+    const direction = msg.payload.readUInt32LE(DEVICE_STATE_XFER.direction);
+    const phase = msg.payload.readUInt32LE(DEVICE_STATE_XFER.phase);
+    const refuse = (reason: string): Result => {
+      closeFd(fd);
+      return nack(reason);
+    };
+    if (phase !== STATE_PHASE_STOPPED) return refuse(`phase ${phase} (only ${STATE_PHASE_STOPPED}, stopped, exists)`);
+    if (this.queues.some((q) => q.started)) return refuse('a ring is still running (the state moves only while the device is stopped)');
+    this.transferOutcome = undefined;
+    if (direction === StateDirection.SAVE) {
+      const data = handler.save();
+      if (typeof data === 'string') return refuse(`the state cannot be saved: ${data}`);
+      this.pending = { direction: 'save', fd, data };
+    } else if (direction === StateDirection.LOAD) {
+      this.pending = { direction: 'load', fd };
+    } else {
+      return refuse(`direction ${direction}`);
+    }
+    // We use the frontend's pipe: no fd of our own comes back.
+    return { ok: true, reply: BigInt(DEVICE_STATE_NOFD) };
+  }
+
+  private checkDeviceState(msg: Message): Result {
+    const bad = this.sizeIs(msg, 0) ?? this.noFds(msg);
+    if (bad !== undefined) return { ok: false, reason: bad, reply: encodeU64(1) };
+    const outcome = this.transferOutcome;
+    if (outcome === '') return { ok: true, reply: 0n };
+    return { ok: false, reason: outcome === undefined ? 'no state was transferred' : `the state transfer failed: ${outcome}`, reply: encodeU64(1) };
   }
 
   private getVringBase(msg: Message): Result {
@@ -367,5 +496,6 @@ export class VhostUserBackend {
   close(): void {
     this.resetRings();
     this.mem.clear();
+    this.dirtyLog.unmap();
   }
 }

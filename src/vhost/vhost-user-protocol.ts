@@ -52,6 +52,8 @@ export const Req = {
   REM_MEM_REG: 38,
   SET_STATUS: 39,
   GET_STATUS: 40,
+  SET_DEVICE_STATE_FD: 42,
+  CHECK_DEVICE_STATE: 43,
 } as const;
 
 const REQ_NAMES = new Map<number, string>(Object.entries(Req).map(([k, v]) => [v, k]));
@@ -62,6 +64,8 @@ export function requestName(request: number): string {
 
 /** Virtio device feature bits (bigint masks: the field is u64). */
 export const Feature = {
+  /** VHOST_F_LOG_ALL: the frontend may ask for dirty-page logging (QEMU refuses to migrate without it). */
+  LOG_ALL: 1n << 26n,
   RING_INDIRECT_DESC: 1n << 28n,
   RING_EVENT_IDX: 1n << 29n,
   /** VHOST_USER_F_PROTOCOL_FEATURES: the reused bit 30. */
@@ -80,6 +84,8 @@ export const ProtocolFeature = {
   INBAND_NOTIFICATIONS: 1n << 14n,
   CONFIGURE_MEM_SLOTS: 1n << 15n,
   STATUS: 1n << 16n,
+  /** SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE: the backend's own state travels with the migration. */
+  DEVICE_STATE: 1n << 19n,
 } as const;
 
 /** A single u64. */
@@ -102,6 +108,18 @@ export const MEM_REGION = { guestAddr: 0, size: 8, userAddr: 16, mmapOffset: 24,
 export const MEM_TABLE = { count: 0, padding: 4, regions: 8, maxRegions: 8 } as const;
 /** ADD_MEM_REG / REM_MEM_REG: u64 padding, then one region. */
 export const SINGLE_MEM_REGION = { padding: 0, region: 8, bytes: 40 } as const;
+
+/** SET_LOG_BASE (with LOG_SHMFD): u64 size of the log, u64 offset of the log in the fd. */
+export const LOG_BASE = { size: 0, offset: 8, bytes: 16 } as const;
+/** Dirty log granularity: one bit per 4 KiB guest page. */
+export const LOG_PAGE = 0x1000;
+
+/** SET_DEVICE_STATE_FD: u32 direction, u32 phase; the reply's u64 has bit 8 set when no fd comes back. */
+export const DEVICE_STATE_XFER = { direction: 0, phase: 4, bytes: 8 } as const;
+export const StateDirection = { SAVE: 0, LOAD: 1 } as const;
+/** The only phase defined: after the memory transfer, device and rings stopped. */
+export const STATE_PHASE_STOPPED = 0;
+export const DEVICE_STATE_NOFD = 0x100;
 
 /** Device config space access: u32 offset, u32 size, u32 flags, then `size` bytes. */
 export const CONFIG = { offset: 0, size: 4, flags: 8, payload: 12, maxPayload: 256 } as const;
@@ -145,6 +163,8 @@ export interface VringAddr {
   desc: number | undefined;
   used: number | undefined;
   avail: number | undefined;
+  /** Guest physical address of the used ring, for dirty logging (VRING_ADDR_F_LOG). */
+  log: number | undefined;
 }
 
 export function decodeVringAddr(p: Buffer): VringAddr {
@@ -154,6 +174,7 @@ export function decodeVringAddr(p: Buffer): VringAddr {
     desc: readSafeU64(p, VRING_ADDR.desc),
     used: readSafeU64(p, VRING_ADDR.used),
     avail: readSafeU64(p, VRING_ADDR.avail),
+    log: readSafeU64(p, VRING_ADDR.log),
   };
 }
 

@@ -101,6 +101,9 @@ export class SplitQueue {
     this.undecided = 0;
   }
 
+  /** Guest physical address of the used ring while the frontend wants its writes logged, else -1. */
+  logUsed = -1;
+
   setAddresses(addrs: RingAddresses): void {
     this.addrs = addrs;
     this.invalidate();
