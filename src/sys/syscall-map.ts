@@ -190,6 +190,8 @@ bindArch('log-calls', 'writeText', 'serving', ['write', 'poll'], ['write', 'ppol
 // node:fs calls made by modules that run after the filter (libuv 1.46 in Node 20).
 bind('node:fs', 'readvSync', 'serving', ['preadv', 'pread64'], 'libuv: one buffer at a position -> pread64, several -> preadv');
 bind('node:fs', 'writevSync', 'serving', ['pwritev', 'pwrite64'], 'libuv: as readvSync');
+bind('node:fs', 'readSync', 'serving', ['read'], 'migration state pipe (vhost/state-transfer.ts): position null -> read');
+bind('node:fs', 'writeSync', 'serving', ['write'], 'migration state pipe (vhost/state-transfer.ts): position undefined -> write');
 bind('node:fs', 'fstatSync', 'serving', ['statx'], 'libuv uv_fs_fstat tries statx(fd, "", AT_EMPTY_PATH) first (guest memory region fds)');
 
 export const SYSCALL_MAP: readonly BindingEntry[] = entries;
