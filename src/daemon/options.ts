@@ -4,6 +4,7 @@
 // UsageError whose message names the option and how to fix it.
 import type { CachePolicy, FsOptions } from '../fs/options.js';
 import { DEFAULT_FS_OPTIONS } from '../fs/options.js';
+import { XattrMapError, parseXattrMap } from '../fs/xattr-map.js';
 import type { LogLevel } from '../log.js';
 import { LOG_LEVELS } from '../log.js';
 
@@ -84,6 +85,22 @@ const OPTIONS: Record<string, OptionSpec> = {
   cache: { kind: 'string', values: CACHE, help: 'never|metadata|auto|always', apply: (c, v) => { c.fs.cache = enumOf(CACHE, v); } },
   writeback: { kind: 'flag', help: 'enable writeback cache', apply: on((c) => { c.fs.writeback = true; }) },
   xattr: { kind: 'flag', help: 'serve extended attributes', apply: on((c) => { c.fs.xattr = true; }) },
+  xattrmap: {
+    kind: 'string', help: "xattr name translation rules, virtiofsd's :type:scope:key:prepend: (e.g. :map::user.virtiofs.:); implies --xattr",
+    apply: (c, v) => {
+      try {
+        c.fs.xattrmap = parseXattrMap(v);
+      } catch (err) {
+        if (err instanceof XattrMapError) throw new UsageError(`--xattrmap: ${err.message}`);
+        throw err;
+      }
+      c.notes.push(...c.fs.xattrmap.warnings);
+    },
+  },
+  'security-label': {
+    kind: 'flag', help: "store the guest's security label (FUSE_SECURITY_CTX) on each new file; implies --xattr",
+    apply: on((c) => { c.fs.securityLabel = true; }),
+  },
   readonly: { kind: 'flag', help: 'refuse every modification (EROFS)', apply: on((c) => { c.fs.readonly = true; }) },
   'announce-submounts': { kind: 'flag', help: 'announce submounts to the guest', apply: on((c) => { c.fs.announceSubmounts = true; }) },
   'no-readdirplus': { kind: 'flag', help: 'do not offer READDIRPLUS', apply: on((c) => { c.fs.readdirplus = false; }) },
@@ -143,8 +160,6 @@ export const INTERNAL_OPTIONS: readonly string[] = ['test-forbidden-syscall', 's
  */
 const NOT_SUPPORTED: Record<string, string> = {
   'posix-acl': 'POSIX ACLs are not supported; remove --posix-acl (the guest then sees no ACLs)',
-  xattrmap: 'extended attribute mapping is not supported; remove --xattrmap (with --xattr, names pass through unmapped)',
-  'security-label': 'security labels (FUSE_SECURITY_CTX) are not supported; remove --security-label',
   'allow-mmap': 'FUSE_DIRECT_IO_ALLOW_MMAP is not offered; remove --allow-mmap (with --cache=never the guest cannot mmap files shared-writable)',
   'translate-uid': 'id translation is not supported; remove it, or run vfs-launch with --uid-map/--gid-map (user-namespace maps)',
   'translate-gid': 'id translation is not supported; remove it, or run vfs-launch with --uid-map/--gid-map (user-namespace maps)',
@@ -213,7 +228,10 @@ function applyLegacy(cfg: DaemonConfig, list: string, seen: Map<string, string>,
       case 'killpriv_v2': set('killpriv-v2', ''); break;
       case 'no_killpriv_v2': set('no-killpriv-v2', ''); break;
       case 'no_posix_acl': set('no-posix-acl', ''); break;
-      case 'posix_acl': case 'security_label': case 'xattrmap': set(key.replace(/_/g, '-'), val); break; // refused, saying why
+      case 'posix_acl': set('posix-acl', val); break; // refused, saying why
+      case 'xattrmap': set('xattrmap', val); break;
+      case 'security_label': set('security-label', ''); break;
+      case 'no_security_label': break;
       case 'modcaps': set('modcaps', val); break;
       case 'log_level': set('log-level', val); break;
       case 'loglevel': {
@@ -228,7 +246,7 @@ function applyLegacy(cfg: DaemonConfig, list: string, seen: Map<string, string>,
       case 'posix_lock': case 'flock':
         throw new UsageError(`-o ${key}: ${REMOTE_LOCKS_REFUSED}`);
       default:
-        throw new UsageError(`-o ${key}: unknown option; known: source=, cache=none|never|metadata|auto|always, sandbox=, xattr, no_xattr, no_flock, no_posix_lock, writeback, announce_submounts, no_readdirplus, allow_direct_io, killpriv_v2, modcaps=, loglevel=, log_level=`);
+        throw new UsageError(`-o ${key}: unknown option; known: source=, cache=none|never|metadata|auto|always, sandbox=, xattr, no_xattr, no_flock, no_posix_lock, writeback, announce_submounts, no_readdirplus, allow_direct_io, killpriv_v2, xattrmap=, security_label, modcaps=, loglevel=, log_level=`);
     }
   }
 }
@@ -303,6 +321,8 @@ export function parseDaemonArgs(argv: readonly string[]): DaemonConfig {
     set(rawName, value);
   }
 
+  // As virtiofsd: a map or labels need extended attributes, even after -o no_xattr.
+  if (cfg.fs.xattrmap !== null || cfg.fs.securityLabel) cfg.fs.xattr = true;
   if (cfg.printCapabilities) return cfg;
   if (cfg.sharedDir === '') throw new UsageError('--shared-dir: required; give the directory to share');
   const transports = [cfg.socketPath, cfg.listenFd, cfg.fuseFd, cfg.mountpoint].filter((x) => x !== undefined).length;

@@ -213,6 +213,13 @@ export const FsyncIn = defineStruct('fuse_fsync_in', { fh: 'u64', fsyncFlags: 'u
 export const SetxattrIn = defineStruct('fuse_setxattr_in', { size: 'u32', flags: 'u32' });
 export const GetxattrIn = defineStruct('fuse_getxattr_in', { size: 'u32', padding: 'u32' });
 export const GetxattrOut = defineStruct('fuse_getxattr_out', { size: 'u32', padding: 'u32' });
+/**
+ * A security context block (SECURITY_CTX), the extension record whose type 0..FUSE_MAX_NR_SECCTX
+ * is its nr_secctx: fuse_secctx_header, then per context fuse_secctx, the xattr name with its
+ * NUL and `size` value bytes, the block padded to FUSE_REC_ALIGN.
+ */
+export const SecctxHeader = defineStruct('fuse_secctx_header', { size: 'u32', nrSecctx: 'u32' });
+export const Secctx = defineStruct('fuse_secctx', { size: 'u32', padding: 'u32' });
 export const AccessIn = defineStruct('fuse_access_in', { mask: 'u32', padding: 'u32' });
 export const InterruptIn = defineStruct('fuse_interrupt_in', { unique: 'u64' });
 export const FallocateIn = defineStruct('fuse_fallocate_in', {

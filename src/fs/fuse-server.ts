@@ -9,7 +9,7 @@ import { Segments, type FuseSession, type SessionMigration, type TransportKind }
 import { applyState, collectState } from './migration.js';
 import { decodeState, encodeState, StateFormatError, type MigrationState } from './migration-state.js';
 import {
-  ENTRY_OUT_SIZE, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_MIN_MINOR_VERSION, InitFlag, InitIn, InitOut, Op, OpenOut, opName,
+  ENTRY_OUT_SIZE, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_MIN_MINOR_VERSION, InitFlag, InitFlag2, InitIn, InitOut, Op, OpenOut, opName,
 } from './fuse-abi.js';
 import { NO_REPLY } from './request.js';
 import { FsState } from './state.js';
@@ -115,8 +115,11 @@ function offeredFlags(opts: FsOptions): number {
 }
 
 /** flags2 bits we offer (with INIT_EXT) when the client does. */
-function offeredFlags2(_opts: FsOptions): number {
-  return 0;
+function offeredFlags2(opts: FsOptions): number {
+  let f = 0;
+  // The client then sends the new inode's LSM label with every creating request (security-label.ts).
+  if (opts.securityLabel) f |= InitFlag2.SECURITY_CTX;
+  return f;
 }
 
 class FuseServer implements FuseSession {
@@ -263,12 +266,17 @@ class FuseServer implements FuseSession {
     // the client applies the caller's umask to modes itself, and the process umask is 0
     // (set in createFuseServer) so the host does not apply a second one. HANDLE_KILLPRIV(_V2)
     // is not offered: the client then clears setuid/setgid itself with a SETATTR after a
-    // write by a non-owner. SETXATTR_EXT and SECURITY_CTX are not offered, so requests
-    // keep their compat layouts and carry no extensions we would have to act on.
+    // write by a non-owner. SETXATTR_EXT is not offered, so SETXATTR keeps its compat layout.
+    // SECURITY_CTX only with --security-label (creating requests then carry extensions).
     // flags2 exists only from 7.36 (a 64-byte fuse_init_in) and only with INIT_EXT set.
     const ext = (clientFlags & InitFlag.INIT_EXT) !== 0 && req.argLen >= InitIn.size;
     const clientFlags2 = ext ? req.u32(InitIn.off.flags2) : 0;
     const flags2 = (clientFlags2 & offeredFlags2(s.opts)) >>> 0;
+    if (s.opts.securityLabel && (flags2 & InitFlag2.SECURITY_CTX) === 0) {
+      // As virtiofsd: a guest that cannot send labels would create unlabelled files.
+      s.log.error('--security-label: the client does not offer FUSE_SECURITY_CTX (needs a 5.17+ guest kernel); refusing INIT');
+      return -E.EPROTO;
+    }
     const flags = ((clientFlags & offeredFlags(s.opts)) | (ext ? InitFlag.INIT_EXT : 0)) >>> 0;
     s.initFlags2 = flags2;
     this.agreedFlags = flags;

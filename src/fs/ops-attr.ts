@@ -8,9 +8,9 @@ import {
   utimensat,
 } from '../sys/file-calls.js';
 import { FATTR, GetxattrIn, GetxattrOut, Kstatfs, SetattrIn, SetxattrIn, AccessIn } from './fuse-abi.js';
-import type { Inode } from './inodes.js';
 import { newNameRef } from './names.js';
 import { E, type FsState } from './state.js';
+import { XATTR_NAME_MAX } from './xattr-map.js';
 import { u16, u32 } from '../le-bytes.js';
 
 const times = Buffer.alloc(32);
@@ -127,22 +127,47 @@ export function syncfsOp(s: FsState): number {
 // Regular files and directories are reopened read-only through /proc/self/fd and use
 // the f*xattr calls; other types (symlinks, fifos, sockets, devices) must not be opened,
 // so they go through the *xattrat syscalls on the inode's /proc/self/fd magic link.
+// With --xattrmap, names from the guest are translated before the call and host lists
+// are filtered after it (src/fs/xattr-map.ts); without one, names pass untouched.
 
 /** xattrFd() result for types that use the *xattrat calls on the O_PATH fd. */
 const SPECIAL = -0x10000;
+/** The host name of the request's attribute: nameA's bytes, or its mapping in `mapped`. */
+const mapped = Buffer.alloc(XATTR_NAME_MAX + 1);
+let hostName: Buffer = mapped;
+/** A whole host list (XATTR_LIST_MAX) for the map to filter; allocated with the first mapped LISTXATTR. */
+let listScratch: Buffer | undefined;
+const XATTR_LIST_MAX = 65536;
 
-function xattrFd(s: FsState, ino: Inode): number {
-  if (ino.type !== S_IFREG && ino.type !== S_IFDIR) return SPECIAL;
-  return openat(s.procSelfFd, ino.procName, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+function xattrFd(s: FsState, type: number, procName: Buffer): number {
+  if (type !== S_IFREG && type !== S_IFDIR) return SPECIAL;
+  return openat(s.procSelfFd, procName, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 }
 
 /** Attribute names may hold any byte but NUL ("user.a/b" is valid): no component check. */
 function parseXattrName(s: FsState, pos: number): number {
   const nul = s.req.strEnd(pos);
   if (nul < 0 || nul === pos) return -E.EINVAL;
-  if (nul - pos > 255) return -E.ERANGE;
+  if (nul - pos > XATTR_NAME_MAX) return -E.ERANGE;
   nameA.buf = s.req.buf.subarray(pos, nul + 1);
   nameA.next = nul + 1;
+  return mapName(s, nameA.buf, nul - pos);
+}
+
+/**
+ * Set `hostName` to the host's name for the guest's `name` (NUL-terminated, `len` bytes
+ * before the NUL): the same bytes without --xattrmap, else the map's answer (-EPERM for
+ * a bad name, -EOPNOTSUPP for an unsupported one).
+ */
+export function mapName(s: FsState, name: Buffer, len: number): number {
+  const map = s.opts.xattrmap;
+  if (map === null) {
+    hostName = name;
+    return 0;
+  }
+  const n = map.mapClient(name, len, mapped);
+  if (n < 0) return n;
+  hostName = mapped.subarray(0, n + 1);
   return 0;
 }
 
@@ -160,13 +185,13 @@ export function getxattr(s: FsState): number {
   const room = size === 0 ? 0 : s.reply.room(size);
   if (!s.reply.reserve(size === 0 ? GetxattrOut.size : room)) return -E.ERANGE;
   const value = size === 0 ? null : s.reply.out.subarray(16, 16 + room);
-  const fd = xattrFd(s, ino);
+  const fd = xattrFd(s, ino.type, ino.procName);
   if (fd < 0 && fd !== SPECIAL) return fd;
   if (fd >= 0) {
-    r = fgetxattr(fd, nameA.buf, value, room);
+    r = fgetxattr(fd, hostName, value, room);
     close(fd);
   } else {
-    r = special(getxattrAt(s.procSelfFd, ino.procName, 0, nameA.buf, value, room));
+    r = special(getxattrAt(s.procSelfFd, ino.procName, 0, hostName, value, room));
   }
   if (r < 0) return r;
   return size === 0 ? sizeOut(s, r) : r;
@@ -179,17 +204,33 @@ export function listxattr(s: FsState): number {
   const size = req.u32(GetxattrIn.off.size);
   const room = size === 0 ? 0 : s.reply.room(size);
   if (!s.reply.reserve(size === 0 ? GetxattrOut.size : room)) return -E.ERANGE;
-  const list = size === 0 ? null : s.reply.out.subarray(16, 16 + room);
-  const fd = xattrFd(s, ino);
+  const map = s.opts.xattrmap;
+  // With a map the whole host list is read (the guest's list is shorter or longer than
+  // the host's, and a size query must answer what the listing will return).
+  let list: Buffer | null;
+  let listRoom: number;
+  if (map === null) {
+    list = size === 0 ? null : s.reply.out.subarray(16, 16 + room);
+    listRoom = room;
+  } else {
+    listScratch ??= Buffer.alloc(XATTR_LIST_MAX);
+    list = listScratch;
+    listRoom = listScratch.length;
+  }
+  const fd = xattrFd(s, ino.type, ino.procName);
   if (fd < 0 && fd !== SPECIAL) return fd;
   let r: number;
   if (fd >= 0) {
-    r = flistxattr(fd, list, room);
+    r = flistxattr(fd, list, listRoom);
     close(fd);
   } else {
-    r = special(listxattrAt(s.procSelfFd, ino.procName, 0, list, room));
+    r = special(listxattrAt(s.procSelfFd, ino.procName, 0, list, listRoom));
   }
   if (r < 0) return r;
+  if (map !== null && list !== null) {
+    r = size === 0 ? map.mapServerList(list, r, null, 0, 0) : map.mapServerList(list, r, s.reply.out, 16, room);
+    if (r < 0) return r;
+  }
   return size === 0 ? sizeOut(s, r) : r;
 }
 
@@ -198,25 +239,30 @@ function sizeOut(s: FsState, n: number): number {
   return GetxattrOut.size;
 }
 
+/** Set an attribute (host name) on an inode given by type and /proc/self/fd name; 0 or -errno. */
+export function setXattrOf(s: FsState, type: number, procName: Buffer, name: Buffer, value: Buffer, size: number, flags: number): number {
+  const fd = xattrFd(s, type, procName);
+  if (fd < 0 && fd !== SPECIAL) return fd;
+  let r: number;
+  if (fd >= 0) {
+    r = fsetxattr(fd, name, value, size, flags);
+    close(fd);
+  } else {
+    r = special(setxattrAt(s.procSelfFd, procName, 0, name, value, size, flags));
+  }
+  return r < 0 ? r : 0;
+}
+
 export function setxattr(s: FsState): number {
   const req = s.req;
   const ino = s.inodes.get(req.nodeid);
   if (ino === undefined) return s.inodes.missing(s.req.nodeid);
-  let r = parseXattrName(s, req.args + SetxattrIn.size);
+  const r = parseXattrName(s, req.args + SetxattrIn.size);
   if (r < 0) return r;
   const size = req.u32(SetxattrIn.off.size);
   if (nameA.next + size > req.end) return -E.EINVAL;
   const value = req.buf.subarray(nameA.next, nameA.next + size);
-  const flags = req.u32(SetxattrIn.off.flags);
-  const fd = xattrFd(s, ino);
-  if (fd < 0 && fd !== SPECIAL) return fd;
-  if (fd >= 0) {
-    r = fsetxattr(fd, nameA.buf, value, size, flags);
-    close(fd);
-  } else {
-    r = special(setxattrAt(s.procSelfFd, ino.procName, 0, nameA.buf, value, size, flags));
-  }
-  return r < 0 ? r : 0;
+  return setXattrOf(s, ino.type, ino.procName, hostName, value, size, req.u32(SetxattrIn.off.flags));
 }
 
 export function removexattr(s: FsState): number {
@@ -225,13 +271,18 @@ export function removexattr(s: FsState): number {
   if (ino === undefined) return s.inodes.missing(s.req.nodeid);
   let r = parseXattrName(s, req.args);
   if (r < 0) return r;
-  const fd = xattrFd(s, ino);
+  const fd = xattrFd(s, ino.type, ino.procName);
   if (fd < 0 && fd !== SPECIAL) return fd;
   if (fd >= 0) {
-    r = fremovexattr(fd, nameA.buf);
+    r = fremovexattr(fd, hostName);
     close(fd);
   } else {
-    r = special(removexattrAt(s.procSelfFd, ino.procName, 0, nameA.buf));
+    r = special(removexattrAt(s.procSelfFd, ino.procName, 0, hostName));
   }
   return r < 0 ? r : 0;
+}
+
+/** The host name mapName() chose (valid until the next mapName). */
+export function mappedName(): Buffer {
+  return hostName;
 }

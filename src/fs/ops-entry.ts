@@ -1,11 +1,12 @@
 // Operations on names and inodes: LOOKUP, FORGET, BATCH_FORGET, GETATTR, READLINK and
 // the namespace changes (MKDIR, MKNOD, SYMLINK, LINK, UNLINK, RMDIR, RENAME, RENAME2).
 // Each handler returns the reply body length, -errno, or NO_REPLY. Creation runs with
-// the caller's credentials; the client has already applied its umask to the mode
+// the caller's credentials (a security label, --security-label, is then stored with ours); the client has already applied its umask to the mode
 // (we do not offer FUSE_DONT_MASK), and the process umask is 0 (see fuse-server.ts).
 import {
   AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH, O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW,
-  O_PATH, linkat, mkdirat, mknodat, openat, readlinkat, renameat2, statx, symlinkat, unlinkat, S_IFLNK,
+  O_PATH, linkat, mkdirat, mknodat, openat, readlinkat, renameat2, statx, symlinkat, unlinkat, S_IFDIR, S_IFLNK, S_IFMT,
+  S_IFREG,
 } from '../sys/file-calls.js';
 import {
   BatchForgetIn, ForgetIn, ForgetOne, GetattrIn, FUSE_GETATTR_FH, LinkIn, MkdirIn, MknodIn, Rename2In, RenameIn,
@@ -14,6 +15,7 @@ import {
 import type { Inode } from './inodes.js';
 import { NAME_DOT, NAME_DOTDOT, newNameRef, parseEntryName, parseName } from './names.js';
 import { NO_REPLY } from './request.js';
+import { labelNewEntry, parseCreateExtensions } from './security-label.js';
 import { E, EMPTY_NAME, STATX_MASK, type FsState } from './state.js';
 
 const nameA = newNameRef();
@@ -114,11 +116,15 @@ export function mkdir(s: FsState): number {
   const req = s.req;
   const parent = s.inodes.get(req.nodeid);
   if (parent === undefined) return s.inodes.missing(s.req.nodeid);
-  const r = parseEntryName(req, req.args + MkdirIn.size, nameA);
+  let r = parseEntryName(req, req.args + MkdirIn.size, nameA);
+  if (r < 0) return r;
+  r = parseCreateExtensions(s, nameA.next);
   if (r < 0) return r;
   const mode = req.u32(MkdirIn.off.mode) & 0o7777;
   const e = s.asCaller(() => mkdirat(parent.fd, nameA.buf, mode));
   if (e < 0) return e;
+  r = labelNewEntry(s, parent.fd, nameA.buf, S_IFDIR);
+  if (r < 0) return r;
   return entryAfterCreate(s, parent, nameA.buf);
 }
 
@@ -126,7 +132,9 @@ export function mknod(s: FsState): number {
   const req = s.req;
   const parent = s.inodes.get(req.nodeid);
   if (parent === undefined) return s.inodes.missing(s.req.nodeid);
-  const r = parseEntryName(req, req.args + MknodIn.size, nameA);
+  let r = parseEntryName(req, req.args + MknodIn.size, nameA);
+  if (r < 0) return r;
+  r = parseCreateExtensions(s, nameA.next);
   if (r < 0) return r;
   const mode = req.u32(MknodIn.off.mode);
   const rdev = req.u32(MknodIn.off.rdev);
@@ -136,6 +144,8 @@ export function mknod(s: FsState): number {
   const dev = ((major & 0xfff) << 8) | (minor & 0xff) | ((minor & ~0xff) << 12);
   const e = s.asCaller(() => mknodat(parent.fd, nameA.buf, mode, dev >>> 0));
   if (e < 0) return e;
+  r = labelNewEntry(s, parent.fd, nameA.buf, (mode & S_IFMT) === 0 ? S_IFREG : mode & S_IFMT);
+  if (r < 0) return r;
   return entryAfterCreate(s, parent, nameA.buf);
 }
 
@@ -144,13 +154,17 @@ export function symlink(s: FsState): number {
   const parent = s.inodes.get(req.nodeid);
   if (parent === undefined) return s.inodes.missing(s.req.nodeid);
   // SYMLINK carries the new name, then the target.
-  const r = parseEntryName(req, req.args, nameA);
+  let r = parseEntryName(req, req.args, nameA);
   if (r < 0) return r;
   const tEnd = req.strEnd(nameA.next);
   if (tEnd < 0 || tEnd === nameA.next) return -E.EINVAL;
   const target = req.buf.subarray(nameA.next, tEnd + 1);
+  r = parseCreateExtensions(s, tEnd + 1);
+  if (r < 0) return r;
   const e = s.asCaller(() => symlinkat(target, parent.fd, nameA.buf));
   if (e < 0) return e;
+  r = labelNewEntry(s, parent.fd, nameA.buf, S_IFLNK);
+  if (r < 0) return r;
   return entryAfterCreate(s, parent, nameA.buf);
 }
 

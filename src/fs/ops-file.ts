@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import {
   AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_ACCMODE, O_APPEND, O_CLOEXEC, O_CREAT, O_DIRECT, O_EXCL, O_NOATIME, O_NOCTTY, O_NOFOLLOW,
   O_PATH, O_RDONLY, O_RDWR, O_TMPFILE, O_TRUNC, O_WRONLY, STX, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, close, copyFileRange, dup, fallocate as fallocateCall, fsync as fsyncCall,
-  lseek as lseekCall, openat, preadvAddr, pwritevAddr, statx,
+  lseek as lseekCall, openat, preadvAddr, pwritevAddr, statx, unlinkat,
 } from '../sys/file-calls.js';
 import { errnoOf } from '../sys/libc.js';
 import {
@@ -16,6 +16,7 @@ import {
 import { newNameRef, parseEntryName } from './names.js';
 import { IovecList, OUT_HEADER_SIZE } from './request.js';
 import { fdName } from './inodes.js';
+import { label, labelFd, parseCreateExtensions } from './security-label.js';
 import type { Segments } from './session.js';
 import { E, EMPTY_NAME, STATX_MASK, type FsState } from './state.js';
 import { setU32, u16 } from '../le-bytes.js';
@@ -97,12 +98,19 @@ function createCommon(s: FsState, tmp: boolean): number {
   const flags = req.u32(CreateIn.off.flags);
   const mode = req.u32(CreateIn.off.mode) & 0o7777;
   let name: Buffer = DOT;
+  let afterNames: number;
   if (!tmp) {
     // TMPFILE carries a placeholder name ("/" from vfs_tmpfile); CREATE a real one.
     const r = parseEntryName(req, req.args + CreateIn.size, nameA);
     if (r < 0) return r;
     name = nameA.buf;
+    afterNames = nameA.next;
+  } else {
+    const nul = req.strEnd(req.args + CreateIn.size);
+    afterNames = nul < 0 ? req.end : nul + 1;
   }
+  const x = parseCreateExtensions(s, afterNames);
+  if (x < 0) return x;
   if (!s.reply.reserve(ENTRY_OUT_SIZE + OpenOut.size)) return -E.EIO;
   let hf = hostOpenFlags(s, flags);
   if ((hf & O_ACCMODE) === O_RDONLY && tmp) hf |= O_RDWR;
@@ -123,6 +131,15 @@ function createCommon(s: FsState, tmp: boolean): number {
     }
   }
   if (fd < 0) return fd;
+  if (pfd < 0 && label.present) {
+    // A file we made (not an existing one opened): labelled before anyone is told of it.
+    const e = labelFd(s, fd);
+    if (e < 0) {
+      close(fd);
+      if (!tmp) unlinkat(parent.fd, name, 0);
+      return e;
+    }
+  }
   // The O_PATH inode is the very file we opened (no second lookup by name to race with).
   if (pfd < 0) pfd = openat(s.procSelfFd, fdName(fd), O_PATH | O_CLOEXEC);
   if (pfd < 0) {

@@ -1,5 +1,7 @@
 // File-system behaviour options, with virtiofsd's names and meanings. The daemon's
 // option parser fills this; the passthrough core reads it.
+import type { XattrMap } from './xattr-map.js';
+
 export type CachePolicy = 'never' | 'metadata' | 'auto' | 'always';
 
 /** --migration-*: how the state is represented (source) and what a failure does (destination). */
@@ -17,6 +19,10 @@ export interface FsOptions {
   writeback: boolean;
   /** --xattr: serve extended attributes (otherwise ENOSYS/EOPNOTSUPP as virtiofsd). */
   xattr: boolean;
+  /** --xattrmap: how xattr names are translated between guest and host (null: unchanged). */
+  xattrmap: XattrMap | null;
+  /** --security-label: offer FUSE_SECURITY_CTX and store the label a creating request carries. */
+  securityLabel: boolean;
   /** --readonly: every modifying request gets EROFS. */
   readonly: boolean;
   /** --announce-submounts: mark submount roots with FUSE_ATTR_SUBMOUNT. */
@@ -39,6 +45,8 @@ export const DEFAULT_FS_OPTIONS: FsOptions = {
   cache: 'auto',
   writeback: false,
   xattr: false,
+  xattrmap: null,
+  securityLabel: false,
   readonly: false,
   announceSubmounts: false,
   readdirplus: true,
