@@ -121,7 +121,7 @@ let warnedStore = false;
 /** A failure to store the label: said once at warn level (it is usually the set-up), then at debug. */
 function storeFailed(s: FsState, r: number): number {
   const msg = `could not store the security label ${label.name.toString('latin1', 0, label.name.length - 1)} on a new ${opName.get(s.req.opcode) ?? ''} entry (errno ${-r}); ` +
-    'the request fails and the entry is removed (security.* names need CAP_SYS_ADMIN on a host without that LSM: --modcaps=+sys_admin, or map them with --xattrmap)';
+    'the request fails and the entry is removed (security.* and trusted.* names may need CAP_SYS_ADMIN: --modcaps=+sys_admin, or map them to user.* with --xattrmap)';
   if (warnedStore) s.log.debug(msg);
   else s.log.warn(msg);
   warnedStore = true;

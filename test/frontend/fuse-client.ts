@@ -50,8 +50,8 @@ export class FuseClient {
     return expectOk(name, this.fe.call(this.req(op, node, args, data), lens));
   }
 
-  doInit(flags?: number): F.InitOut {
-    const b = this.call('INIT', F.Op.INIT, 0n, [F.initIn(flags)], F.INIT_OUT);
+  doInit(flags?: number, flags2 = 0): F.InitOut {
+    const b = this.call('INIT', F.Op.INIT, 0n, [F.initIn(flags, flags2)], F.INIT_OUT);
     this.init = F.parseInitOut(b);
     return this.init;
   }

@@ -8,6 +8,8 @@ export const Op = {
   FORGET: 2,
   GETATTR: 3,
   SETATTR: 4,
+  SYMLINK: 6,
+  MKNOD: 8,
   MKDIR: 9,
   UNLINK: 10,
   RMDIR: 11,
@@ -25,6 +27,7 @@ export const Op = {
   DESTROY: 38,
   BATCH_FORGET: 42,
   READDIRPLUS: 44,
+  TMPFILE: 51,
 } as const;
 
 export const ROOT_ID = 1n;
@@ -119,6 +122,8 @@ export interface InHeaderOpts {
   pid?: number;
   /** Override the len field (robustness tests). */
   len?: number;
+  /** fuse_in_header.total_extlen: request extensions at the end, in units of 8 bytes. */
+  totalExtlen?: number;
 }
 
 /** A whole request (header + body parts) as one Buffer. */
@@ -133,6 +138,7 @@ export function request(opcode: number, nodeid: bigint, parts: readonly Buffer[]
   hdr.writeUInt32LE(h.uid ?? 0, 24);
   hdr.writeUInt32LE(h.gid ?? 0, 28);
   hdr.writeUInt32LE(h.pid ?? process.pid, 32);
+  hdr.writeUInt16LE(h.totalExtlen ?? 0, 36);
   return Buffer.concat([hdr, ...parts]);
 }
 
@@ -140,12 +146,13 @@ export function cstr(name: string): Buffer {
   return Buffer.concat([Buffer.from(name), Buffer.alloc(1)]);
 }
 
-export function initIn(flags: number = InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.DO_READDIRPLUS | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES): Buffer {
+export function initIn(flags: number = InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.DO_READDIRPLUS | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES, flags2 = 0): Buffer {
   const b = Buffer.alloc(INIT_IN);
   b.writeUInt32LE(KERNEL_VERSION, 0);
   b.writeUInt32LE(KERNEL_MINOR, 4);
   b.writeUInt32LE(128 * 1024, 8);
   b.writeUInt32LE(flags >>> 0, 12);
+  b.writeUInt32LE(flags2 >>> 0, 16);
   return b;
 }
 
@@ -155,6 +162,7 @@ export interface InitOut {
   flags: number;
   maxWrite: number;
   maxPages: number;
+  flags2: number;
 }
 
 export function parseInitOut(b: Buffer): InitOut {
@@ -164,7 +172,52 @@ export function parseInitOut(b: Buffer): InitOut {
     flags: b.readUInt32LE(12),
     maxWrite: b.readUInt32LE(20),
     maxPages: b.readUInt16LE(28),
+    flags2: b.readUInt32LE(32),
   };
+}
+
+// fuse_init_in.flags bit 30 INIT_EXT: flags2 (bits 32..63) is valid; flags2 bit 0 FUSE_SECURITY_CTX,
+// bit 2 FUSE_CREATE_SUPP_GROUP.
+export const INIT_EXT = 1 << 30;
+export const SECURITY_CTX = 1 << 0;
+export const CREATE_SUPP_GROUP = 1 << 2;
+
+/**
+ * A security-context extension as fs/fuse/dir.c builds it: fuse_secctx_header {u32 size,
+ * u32 nr_secctx}, then for one context fuse_secctx {u32 size, u32 padding}, the xattr name
+ * with its NUL and the value, the whole padded to 8 bytes. No context: the 8-byte header alone.
+ */
+export function secctxExt(ctx?: { name: string; value: Buffer }): Buffer {
+  if (ctx === undefined) {
+    const h = Buffer.alloc(8);
+    h.writeUInt32LE(8, 0);
+    return h;
+  }
+  const name = cstr(ctx.name);
+  const body = 8 + name.length + ctx.value.length;
+  const b = Buffer.alloc(8 + ((body + 7) & ~7));
+  b.writeUInt32LE(b.length, 0);
+  b.writeUInt32LE(1, 4);
+  b.writeUInt32LE(ctx.value.length, 8);
+  name.copy(b, 16);
+  ctx.value.copy(b, 16 + name.length);
+  return b;
+}
+
+// fuse_mknod_in: u32 mode, rdev, umask, padding
+export const MKNOD_IN = 16;
+
+export function mknodIn(name: string, mode: number, rdev = 0, umask = 0o022): Buffer {
+  const b = Buffer.alloc(MKNOD_IN);
+  b.writeUInt32LE(mode, 0);
+  b.writeUInt32LE(rdev, 4);
+  b.writeUInt32LE(umask, 8);
+  return Buffer.concat([b, cstr(name)]);
+}
+
+/** SYMLINK's arguments: the new name, then the target. */
+export function symlinkIn(name: string, target: string): Buffer {
+  return Buffer.concat([cstr(name), cstr(target)]);
 }
 
 export function getattrIn(fh?: bigint): Buffer {
