@@ -27,6 +27,8 @@ export interface BootOptions {
   tag?: string;
   /** `mount -o` options for the virtiofs mount. */
   mountOptions?: string;
+  /** Extra kernel command-line parameters (e.g. `lsm=selinux`). */
+  kernelArgs?: string;
   timeoutMs?: number;
   /** Called for each console line as it arrives (the guest can wait for the host to act). */
   onLine?: (line: string) => void;
@@ -158,6 +160,7 @@ export async function bootGuest(opts: BootOptions): Promise<GuestResult> {
   const initrd = imageWithScript(opts.script);
   let append = `console=ttyS0 quiet panic=-1 vfs.tag=${tag}`;
   if (opts.mountOptions !== undefined) append += ` vfs.opts=${opts.mountOptions}`;
+  if (opts.kernelArgs !== undefined) append += ` ${opts.kernelArgs}`;
   const args = qemuArgs({ socketPath: opts.socketPath, kernel, initrd, memMiB, queueSize, tag, append });
 
   const start = Date.now();
