@@ -92,8 +92,6 @@ test('virtiofsd options vfs does not implement are refused saying so and what to
   const base = ['--shared-dir', '/srv', '--socket-path', '/run/v.sock'];
   const cases: [string[], RegExp][] = [
     [['--posix-acl'], /^--posix-acl: a virtiofsd option vfs does not support: .*remove --posix-acl/],
-    [['--allow-mmap'], /^--allow-mmap: a virtiofsd option vfs does not support/],
-    [['--translate-uid', 'map:1000:0:1'], /^--translate-uid: .*--uid-map/],
     [['--migration-mode=paths'], /^--migration-mode: 'paths' is not one of find-paths\|file-handles/],
     [['--migration-on-error=ignore'], /^--migration-on-error: 'ignore' is not one of abort\|guest-error/],
     [['--inode-file-handles=always'], /^--inode-file-handles: 'always' is not one of never\|prefer\|mandatory/],

@@ -86,6 +86,9 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const cfg = parseDaemonArgs(argv);
+  // The <socket>.pid lock is the waiter's to hold (launcher/pid-file.ts): not ours, and not
+  // a host file to keep open inside the sandbox.
+  if (cfg.pidFileFd !== undefined) fs.closeSync(cfg.pidFileFd);
   if (cfg.printCapabilities) {
     process.stdout.write(JSON.stringify(capabilitiesDocument(), null, 2) + '\n');
     return 0;

@@ -5,6 +5,7 @@
 import type { CachePolicy, FsOptions } from '../fs/options.js';
 import { DEFAULT_FS_OPTIONS } from '../fs/options.js';
 import { XattrMapError, parseXattrMap } from '../fs/xattr-map.js';
+import { IdMap, IdRuleError, parseIdRule, type IdRule } from '../fs/id-map.js';
 import type { LogLevel } from '../log.js';
 import { LOG_LEVELS } from '../log.js';
 
@@ -50,6 +51,8 @@ export interface DaemonConfig {
   seccompBpfFd?: number;
   /** vfs-launch only: the fd of the socket it already bound and listens on at socketPath. */
   listeningFd?: number;
+  /** vfs-launch only: its locked <socket>.pid fd, inherited; the daemon closes it at once. */
+  pidFileFd?: number;
 }
 
 type Kind = 'flag' | 'string' | 'int';
@@ -102,7 +105,20 @@ const OPTIONS: Record<string, OptionSpec> = {
     apply: on((c) => { c.fs.securityLabel = true; }),
   },
   readonly: { kind: 'flag', help: 'refuse every modification (EROFS)', apply: on((c) => { c.fs.readonly = true; }) },
-  'announce-submounts': { kind: 'flag', help: 'announce submounts to the guest', apply: on((c) => { c.fs.announceSubmounts = true; }) },
+  'announce-submounts': { kind: 'flag', help: 'tell the guest which directories are mount points (the default)', apply: on((c) => { c.fs.announceSubmounts = true; }) },
+  'no-announce-submounts': { kind: 'flag', help: 'do not tell the guest which directories are mount points', apply: on((c) => { c.fs.announceSubmounts = false; }) },
+  'allow-mmap': {
+    kind: 'flag', help: 'with --cache never|metadata, let the guest mmap files shared (DIRECT_IO_ALLOW_MMAP)',
+    apply: on((c) => { c.fs.allowMmap = true; }),
+  },
+  'translate-uid': {
+    kind: 'string', help: 'translate uids: <type>:<source base>:<target base>:<count> (guest, host, squash-guest, squash-host, map; forbid-guest:<base>:<count>); repeatable',
+    apply: (c, v) => { c.fs.translateUid = [...c.fs.translateUid, idRule('translate-uid', v)]; },
+  },
+  'translate-gid': {
+    kind: 'string', help: 'translate gids, as --translate-uid; repeatable',
+    apply: (c, v) => { c.fs.translateGid = [...c.fs.translateGid, idRule('translate-gid', v)]; },
+  },
   'no-readdirplus': { kind: 'flag', help: 'do not offer READDIRPLUS', apply: on((c) => { c.fs.readdirplus = false; }) },
   'allow-direct-io': { kind: 'flag', help: "honour the guest's O_DIRECT", apply: on((c) => { c.fs.allowDirectIo = true; }) },
   sandbox: { kind: 'string', values: SANDBOX, help: 'namespace|chroot|none', apply: (c, v) => { c.sandbox = enumOf(SANDBOX, v); } },
@@ -149,10 +165,11 @@ const OPTIONS: Record<string, OptionSpec> = {
   'test-forbidden-syscall': { kind: 'flag', help: 'test hook: make a syscall the policy forbids', apply: on((c) => { c.testForbiddenSyscall = true; }) },
   'seccomp-bpf-fd': { kind: 'int', help: 'set by vfs-launch: fd of the filter it compiled', apply: (c, v) => { c.seccompBpfFd = Number(v); } },
   'listening-fd': { kind: 'int', help: 'set by vfs-launch: fd listening on --socket-path', apply: (c, v) => { c.listeningFd = Number(v); } },
+  'pid-file-fd': { kind: 'int', help: 'set by vfs-launch: its locked <socket>.pid fd, closed by the daemon', apply: (c, v) => { c.pidFileFd = Number(v); } },
 };
 
 /** Options only vfs-launch passes: not in --help, refused from users by the launcher. */
-export const INTERNAL_OPTIONS: readonly string[] = ['test-forbidden-syscall', 'seccomp-bpf-fd', 'listening-fd'];
+export const INTERNAL_OPTIONS: readonly string[] = ['test-forbidden-syscall', 'seccomp-bpf-fd', 'listening-fd', 'pid-file-fd'];
 
 /**
  * virtiofsd options vfs does not implement, each with what to do instead: a drop-in user
@@ -160,10 +177,30 @@ export const INTERNAL_OPTIONS: readonly string[] = ['test-forbidden-syscall', 's
  */
 const NOT_SUPPORTED: Record<string, string> = {
   'posix-acl': 'POSIX ACLs are not supported; remove --posix-acl (the guest then sees no ACLs)',
-  'allow-mmap': 'FUSE_DIRECT_IO_ALLOW_MMAP is not offered; remove --allow-mmap (with --cache=never the guest cannot mmap files shared-writable)',
-  'translate-uid': 'id translation is not supported; remove it, or run vfs-launch with --uid-map/--gid-map (user-namespace maps)',
-  'translate-gid': 'id translation is not supported; remove it, or run vfs-launch with --uid-map/--gid-map (user-namespace maps)',
 };
+
+/** Repeatable options: each occurrence adds to a list (the others must not change value). */
+const REPEATABLE: ReadonlySet<string> = new Set(['seccomp-policy', 'translate-uid', 'translate-gid']);
+
+function idRule(option: string, text: string): IdRule {
+  try {
+    return parseIdRule(text);
+  } catch (err) {
+    if (err instanceof IdRuleError) throw new UsageError(`--${option}: ${err.message}`);
+    throw err;
+  }
+}
+
+/** Rules of one direction must not overlap (checked by building the map once, as the daemon will). */
+function checkIdRules(option: string, rules: readonly IdRule[]): void {
+  if (rules.length === 0) return;
+  try {
+    new IdMap(rules);
+  } catch (err) {
+    if (err instanceof IdRuleError) throw new UsageError(`--${option}: ${err.message}; make the ranges disjoint`);
+    throw err;
+  }
+}
 
 function unknownOption(rawName: string): UsageError {
   const why = NOT_SUPPORTED[rawName.replace(/_/g, '-')];
@@ -282,7 +319,7 @@ export function parseDaemonArgs(argv: readonly string[]): DaemonConfig {
       throw new UsageError(`--${name}: '${value}' is not one of ${spec.values.join('|')}`);
     }
     const prev = seen.get(name);
-    if (prev !== undefined && prev !== value && name !== 'seccomp-policy') {
+    if (prev !== undefined && prev !== value && !REPEATABLE.has(name)) {
       throw new UsageError(`--${name}: given twice with different values ('${prev}' and '${value}'); keep one`);
     }
     seen.set(name, value);
@@ -324,6 +361,18 @@ export function parseDaemonArgs(argv: readonly string[]): DaemonConfig {
   // As virtiofsd: a map or labels need extended attributes, even after -o no_xattr.
   if (cfg.fs.xattrmap !== null || cfg.fs.securityLabel) cfg.fs.xattr = true;
   if (cfg.printCapabilities) return cfg;
+  checkIdRules('translate-uid', cfg.fs.translateUid);
+  checkIdRules('translate-gid', cfg.fs.translateGid);
+  if (seen.has('announce-submounts') && seen.has('no-announce-submounts')) {
+    throw new UsageError('--announce-submounts and --no-announce-submounts contradict each other; keep one');
+  }
+  // As virtiofsd: the guest's ACLs name ids the daemon would not translate.
+  if (seen.has('posix-acl') && (cfg.fs.translateUid.length > 0 || cfg.fs.translateGid.length > 0)) {
+    throw new UsageError('--posix-acl cannot be used with --translate-uid/--translate-gid (ACL entries would keep untranslated ids); drop one of them, or use vfs-launch --uid-map/--gid-map');
+  }
+  if (cfg.fs.allowMmap && (cfg.fs.cache === 'auto' || cfg.fs.cache === 'always')) {
+    cfg.notes.push(`--allow-mmap: no effect with --cache=${cfg.fs.cache} (files are cached, shared mmap works without it); it matters with --cache=never|metadata`);
+  }
   if (cfg.sharedDir === '') throw new UsageError('--shared-dir: required; give the directory to share');
   const transports = [cfg.socketPath, cfg.listenFd, cfg.fuseFd, cfg.mountpoint].filter((x) => x !== undefined).length;
   if (transports === 0) throw new UsageError('--socket-path: required; give the vhost-user socket path (or --fd N, or --mountpoint DIR)');

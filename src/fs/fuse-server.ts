@@ -106,17 +106,26 @@ for (let op = 0; op < handlers.length; op++) {
 
 /** Flags we implement and offer when the client does (see the comments in initReply). */
 function offeredFlags(opts: FsOptions): number {
+  // ASYNC_DIO as virtiofsd (always in its supported set): the client may split one direct
+  // I/O into concurrent requests; each is served on its own, in any order.
   let f = InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.ATOMIC_O_TRUNC | InitFlag.EXPORT_SUPPORT |
-    InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.AUTO_INVAL_DATA;
+    InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.AUTO_INVAL_DATA | InitFlag.ASYNC_DIO;
   if (opts.writeback) f |= InitFlag.WRITEBACK_CACHE;
   if (opts.readdirplus) f |= InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO;
   if (opts.announceSubmounts) f |= InitFlag.SUBMOUNTS;
   return f;
 }
 
-/** flags2 bits we offer (with INIT_EXT) when the client does. */
+/**
+ * flags2 bits we offer (with INIT_EXT) when the client does. CREATE_SUPP_GROUP always, as
+ * virtiofsd: the client then sends the parent's group with a create when the caller is in
+ * it only as a supplementary group, and asCaller (state.ts) adds it for that call.
+ * DIRECT_IO_ALLOW_MMAP with --allow-mmap: shared mmap of files opened for direct I/O
+ * (every file under --cache never, regular files under metadata).
+ */
 function offeredFlags2(opts: FsOptions): number {
-  let f = 0;
+  let f = InitFlag2.CREATE_SUPP_GROUP;
+  if (opts.allowMmap) f |= InitFlag2.DIRECT_IO_ALLOW_MMAP;
   // The client then sends the new inode's LSM label with every creating request (security-label.ts).
   if (opts.securityLabel) f |= InitFlag2.SECURITY_CTX;
   return f;
@@ -267,7 +276,7 @@ class FuseServer implements FuseSession {
     // (set in createFuseServer) so the host does not apply a second one. HANDLE_KILLPRIV(_V2)
     // is not offered: the client then clears setuid/setgid itself with a SETATTR after a
     // write by a non-owner. SETXATTR_EXT is not offered, so SETXATTR keeps its compat layout.
-    // SECURITY_CTX only with --security-label (creating requests then carry extensions).
+    // SECURITY_CTX only with --security-label; CREATE_SUPP_GROUP's record is acted on in asCaller.
     // flags2 exists only from 7.36 (a 64-byte fuse_init_in) and only with INIT_EXT set.
     const ext = (clientFlags & InitFlag.INIT_EXT) !== 0 && req.argLen >= InitIn.size;
     const clientFlags2 = ext ? req.u32(InitIn.off.flags2) : 0;

@@ -37,8 +37,11 @@ export function setattr(s: FsState): number {
     if (r < 0) return r;
   }
   if (valid & (FATTR.UID | FATTR.GID)) {
-    const uid = valid & FATTR.UID ? req.u32(S.uid) : ID_UNCHANGED;
-    const gid = valid & FATTR.GID ? req.u32(S.gid) : ID_UNCHANGED;
+    // The guest's ids as the host's (--translate-uid/gid); a forbid-guest id is EPERM.
+    const uid = valid & FATTR.UID ? s.hostUid(req.u32(S.uid)) : ID_UNCHANGED;
+    if (uid < 0) return uid;
+    const gid = valid & FATTR.GID ? s.hostGid(req.u32(S.gid)) : ID_UNCHANGED;
+    if (gid < 0) return gid;
     r = fd >= 0 ? fchown(fd, uid, gid) : fchownat(ino.fd, '', uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
     if (r < 0) return r;
   }
@@ -104,8 +107,9 @@ export function access(s: FsState): number {
     return -E.EACCES;
   }
   let bits: number;
-  if (req.uid === u32(s.stx, STX.uid)) bits = (mode >> 6) & 7;
-  else if (req.gid === u32(s.stx, STX.gid)) bits = (mode >> 3) & 7;
+  // The caller's ids are the guest's: compare them with the owner as the guest sees it.
+  if (req.uid === s.guestUid(u32(s.stx, STX.uid))) bits = (mode >> 6) & 7;
+  else if (req.gid === s.guestGid(u32(s.stx, STX.gid))) bits = (mode >> 3) & 7;
   else bits = mode & 7;
   return (bits & mask) === mask ? 0 : -E.EACCES;
 }

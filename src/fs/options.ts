@@ -1,6 +1,7 @@
 // File-system behaviour options, with virtiofsd's names and meanings. The daemon's
 // option parser fills this; the passthrough core reads it.
 import type { XattrMap } from './xattr-map.js';
+import type { IdRule } from './id-map.js';
 
 export type CachePolicy = 'never' | 'metadata' | 'auto' | 'always';
 
@@ -25,8 +26,13 @@ export interface FsOptions {
   securityLabel: boolean;
   /** --readonly: every modifying request gets EROFS. */
   readonly: boolean;
-  /** --announce-submounts: mark submount roots with FUSE_ATTR_SUBMOUNT. */
+  /** --announce-submounts (default) / --no-announce-submounts: mark submount roots with FUSE_ATTR_SUBMOUNT. */
   announceSubmounts: boolean;
+  /** --allow-mmap: offer DIRECT_IO_ALLOW_MMAP (shared mmap of direct-I/O files, i.e. under cache never/metadata). */
+  allowMmap: boolean;
+  /** --translate-uid / --translate-gid rules, in argument order (id-map.ts). */
+  translateUid: readonly IdRule[];
+  translateGid: readonly IdRule[];
   /** --no-readdirplus: do not offer READDIRPLUS. */
   readdirplus: boolean;
   /** --allow-direct-io: honour the client's O_DIRECT instead of stripping it. */
@@ -48,7 +54,10 @@ export const DEFAULT_FS_OPTIONS: FsOptions = {
   xattrmap: null,
   securityLabel: false,
   readonly: false,
-  announceSubmounts: false,
+  announceSubmounts: true,
+  allowMmap: false,
+  translateUid: [],
+  translateGid: [],
   readdirplus: true,
   allowDirectIo: false,
   preserveNoatime: false,

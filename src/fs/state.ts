@@ -7,10 +7,12 @@ import {
   AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY, STATX_BASIC_STATS, STATX_MNT_ID,
   STATX_SIZE, STX, S_IFDIR, close, nameToHandleAt, openat, statx,
 } from '../sys/file-calls.js';
-import { setresgidThread, setresuidThread } from '../sys/cred-calls.js';
+import { clearGroupsThread, setgroupsThread, setresgidThread, setresuidThread } from '../sys/cred-calls.js';
 import { SysError } from '../sys/libc.js';
 import type { FsOptions } from './options.js';
-import { Attr, AttrOutHead, ENTRY_OUT_SIZE, EntryOutHead, FUSE_ATTR_SUBMOUNT } from './fuse-abi.js';
+import { Attr, AttrOutHead, ENTRY_OUT_SIZE, EntryOutHead, FUSE_ATTR_SUBMOUNT, FUSE_EXT_GROUPS, InitFlag2, SuppGroupsHead } from './fuse-abi.js';
+import { compileIdMap, type IdMap } from './id-map.js';
+import { EXT_ABSENT, extensionPayloadLength, findExtension } from './request-ext.js';
 import { HandleTable, InodeTable, mntIdOf, type Inode } from './inodes.js';
 import { Reply, Request } from './request.js';
 import { logger, type Logger } from '../log.js';
@@ -21,6 +23,8 @@ export const STATX_MASK = STATX_BASIC_STATS | STATX_MNT_ID;
 export const EMPTY_NAME = Buffer.from([0]);
 const DOT = Buffer.from('.\0');
 const A = Attr.off;
+/** Most supplementary groups a request may carry (Linux's NGROUPS_MAX, as virtiofsd checks). */
+const MAX_SUPP_GROUPS = 65536;
 
 export interface Timeouts {
   entry: number;
@@ -168,6 +172,11 @@ export class FsState {
   /** The flags2 word agreed at INIT (InitFlag2 bits); 0 without INIT_EXT. */
   initFlags2 = 0;
   writeback = false;
+  /** --translate-uid/--translate-gid, compiled; undefined without rules (nothing is translated). */
+  readonly uidMap: IdMap | undefined;
+  readonly gidMap: IdMap | undefined;
+  /** Supplementary groups of the request being run as its caller (setgroups list, u32 each). */
+  private groupsBuf = Buffer.alloc(64);
   /** --inode-file-handles=prefer|mandatory: new inodes keep a file handle, not an fd. */
   private readonly useHandles: boolean;
   private readonly euid = process.geteuid?.() ?? 0;
@@ -188,6 +197,36 @@ export class FsState {
     this.handles = new HandleTable(this.inodes);
     this.timeouts = timeoutsFor(opts.cache);
     this.useHandles = opts.inodeFileHandles !== 'never';
+    this.uidMap = compileIdMap(opts.translateUid);
+    this.gidMap = compileIdMap(opts.translateGid);
+  }
+
+  /** The guest's view of the owner in the fuse_attr at `attrPos` (host -> guest translation). */
+  private guestIds(out: Buffer, attrPos: number): void {
+    if (this.uidMap !== undefined) setU32(out, attrPos + A.uid, this.uidMap.toGuest(u32(out, attrPos + A.uid)));
+    if (this.gidMap !== undefined) setU32(out, attrPos + A.gid, this.gidMap.toGuest(u32(out, attrPos + A.gid)));
+  }
+
+  /** A guest uid as the host's: -EPERM when a forbid-guest rule covers it. */
+  hostUid(guestUid: number): number {
+    if (this.uidMap === undefined) return guestUid;
+    const id = this.uidMap.toHost(guestUid);
+    return id < 0 ? -E.EPERM : id;
+  }
+
+  hostGid(guestGid: number): number {
+    if (this.gidMap === undefined) return guestGid;
+    const id = this.gidMap.toHost(guestGid);
+    return id < 0 ? -E.EPERM : id;
+  }
+
+  /** A host uid/gid as the guest sees it. */
+  guestUid(hostUid: number): number {
+    return this.uidMap === undefined ? hostUid : this.uidMap.toGuest(hostUid);
+  }
+
+  guestGid(hostGid: number): number {
+    return this.gidMap === undefined ? hostGid : this.gidMap.toGuest(hostGid);
   }
 
   /** statx of an inode itself (never following it) into `this.stx`. */
@@ -204,6 +243,7 @@ export class FsState {
     setU32(out, p + AttrOutHead.off.attrValidNsec, 0);
     setU32(out, p + AttrOutHead.off.dummy, 0);
     writeAttr(this.stx, out, p + AttrOutHead.size, 0);
+    if (this.uidMap !== undefined || this.gidMap !== undefined) this.guestIds(out, p + AttrOutHead.size);
     return AttrOutHead.size + Attr.size;
   }
 
@@ -218,6 +258,7 @@ export class FsState {
     setU32(out, pos + O.attrValidNsec, 0);
     const sub = this.submounts && ino.type === S_IFDIR && ino.mntId !== parent.mntId ? FUSE_ATTR_SUBMOUNT : 0;
     writeAttr(this.stx, out, pos + EntryOutHead.size, sub);
+    if (this.uidMap !== undefined || this.gidMap !== undefined) this.guestIds(out, pos + EntryOutHead.size);
   }
 
   /** Reply body with one fuse_entry_out. */
@@ -274,31 +315,75 @@ export class FsState {
   }
 
   /**
-   * Run `fn` with the request's uid/gid as this thread's effective ids (the kernel then
-   * checks permissions and sets ownership as for the caller, and drops CAP_FSETID so a
-   * write clears setuid/setgid). egid first: after euid leaves 0 we could not change it.
+   * Run `fn` with the request's uid/gid (translated guest -> host) as this thread's
+   * effective ids (the kernel then checks permissions and sets ownership as for the
+   * caller, and drops CAP_FSETID so a write clears setuid/setgid), plus the supplementary
+   * group the kernel sent with a create (CREATE_SUPP_GROUP: the parent directory's group
+   * when the caller is a member only through its supplementary groups), so that the host
+   * decides as it would for that caller (a setgid bit kept on a new file of that group).
+   * setgroups and egid first: once euid leaves 0 the thread has no CAP_SETGID.
    */
   asCaller(fn: () => number): number {
-    const uid = this.req.uid;
-    const gid = this.req.gid;
-    if (uid === this.euid && gid === this.egid) return fn();
-    let r = gid === this.egid ? 0 : setresgidThread(-1, gid, -1);
+    const uid = this.hostUid(this.req.uid);
+    if (uid < 0) return this.forbidden('uid', this.req.uid);
+    const gid = this.hostGid(this.req.gid);
+    if (gid < 0) return this.forbidden('gid', this.req.gid);
+    const groups = this.req.extFrom < this.req.extEnd && (this.initFlags2 & InitFlag2.CREATE_SUPP_GROUP) !== 0 ? this.loadGroups() : 0;
+    if (groups < 0) return groups;
+    if (uid === this.euid && gid === this.egid && groups === 0) return fn();
+    let r = groups > 0 ? setgroupsThread(groups, this.groupsBuf) : 0;
     if (r < 0) return r;
+    r = gid === this.egid ? 0 : setresgidThread(-1, gid, -1);
+    if (r < 0) {
+      this.restoreIds(groups > 0);
+      return r;
+    }
     r = uid === this.euid ? 0 : setresuidThread(-1, uid, -1);
     if (r < 0) {
-      this.restoreIds();
+      this.restoreIds(groups > 0);
       return r;
     }
     try {
       return fn();
     } finally {
-      this.restoreIds();
+      this.restoreIds(groups > 0);
     }
   }
 
-  private restoreIds(): void {
+  private forbidden(what: string, id: number): number {
+    this.log.warn(`request as guest ${what} ${id} refused: a forbid-guest rule of --translate-${what} covers it`);
+    return -E.EPERM;
+  }
+
+  /**
+   * The request's fuse_supp_groups record into groupsBuf (translated guest -> host).
+   * Returns the number of groups (0: no record), or -errno for a record that does not
+   * hold what its count says or a forbidden gid.
+   */
+  private loadGroups(): number {
+    const req = this.req;
+    const at = findExtension(req, FUSE_EXT_GROUPS);
+    if (at === EXT_ABSENT) return 0;
+    const len = extensionPayloadLength(req, at);
+    const n = len >= SuppGroupsHead.size ? u32(req.buf, at + SuppGroupsHead.off.nrGroups) : -1;
+    // The record is padded to 8: its length must be what nr_groups needs, rounded up.
+    if (n < 0 || n > MAX_SUPP_GROUPS || len !== ((8 + SuppGroupsHead.size + 4 * n + 7) & ~7) - 8) {
+      this.log.warn(`malformed fuse_supp_groups record: ${len} bytes for nr_groups ${n}`);
+      return -E.EINVAL;
+    }
+    if (this.groupsBuf.length < 4 * n) this.groupsBuf = Buffer.alloc(4 * n);
+    for (let i = 0; i < n; i++) {
+      const g = this.hostGid(u32(req.buf, at + SuppGroupsHead.size + 4 * i));
+      if (g < 0) return this.forbidden('gid', u32(req.buf, at + SuppGroupsHead.size + 4 * i));
+      setU32(this.groupsBuf, 4 * i, g);
+    }
+    return n;
+  }
+
+  private restoreIds(groups: boolean): void {
     const a = setresuidThread(-1, this.euid, -1);
     const b = setresgidThread(-1, this.egid, -1);
-    if (a < 0 || b < 0) this.log.error(`could not restore the device thread's credentials (errno ${-(a < 0 ? a : b)})`);
+    const c = groups ? clearGroupsThread() : 0;
+    if (a < 0 || b < 0 || c < 0) this.log.error(`could not restore the device thread's credentials (errno ${-Math.min(a, b, c)})`);
   }
 }

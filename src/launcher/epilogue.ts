@@ -7,12 +7,16 @@
 // start a child process: in namespace mode they would be born in a pid namespace whose
 // init (the daemon) is gone.
 //
-//   epilogue.js --sandbox MODE --seccomp MODE [--unmount DIR] STATUS DAEMON_PID
+// It also removes the <socket>.pid file (pid-file.ts): its lock, held through the exec
+// into this process, is released when it exits.
+//
+//   epilogue.js --sandbox MODE --seccomp MODE [--unmount DIR] [--remove-pid-file PATH] STATUS DAEMON_PID
+import fs from 'node:fs';
 import { describeDaemonEnd } from './exit-status.js';
 import { findSeccompKill } from './seccomp-report.js';
 import { writeStderr } from '../log.js';
 
-interface EpilogueArgs { sandbox: string; seccomp: string; unmount?: string; status: number; pid: number }
+interface EpilogueArgs { sandbox: string; seccomp: string; unmount?: string; pidFile?: string; status: number; pid: number }
 
 function parse(argv: readonly string[]): EpilogueArgs {
   const a: Partial<EpilogueArgs> = {};
@@ -22,13 +26,14 @@ function parse(argv: readonly string[]): EpilogueArgs {
     if (v === '--sandbox') a.sandbox = argv[++i];
     else if (v === '--seccomp') a.seccomp = argv[++i];
     else if (v === '--unmount') a.unmount = argv[++i];
+    else if (v === '--remove-pid-file') a.pidFile = argv[++i];
     else rest.push(v);
   }
   const [status, pid] = rest.map(Number);
   if (a.sandbox === undefined || a.seccomp === undefined || rest.length !== 2 || !Number.isInteger(status) || !Number.isInteger(pid)) {
     throw new Error(`vfs-launch epilogue: bad arguments: ${argv.join(' ')}`);
   }
-  return { sandbox: a.sandbox, seccomp: a.seccomp, unmount: a.unmount, status, pid };
+  return { sandbox: a.sandbox, seccomp: a.seccomp, unmount: a.unmount, pidFile: a.pidFile, status, pid };
 }
 
 /** "syslog (103)", or "103" when the number is not in our tables. */
@@ -47,6 +52,13 @@ export async function epilogue(argv: readonly string[]): Promise<number> {
       unmountIfMounted(a.unmount);
     } catch (err) {
       writeStderr(`vfs-launch: could not unmount ${a.unmount}: ${err instanceof Error ? err.message : String(err)}\n`);
+    }
+  }
+  if (a.pidFile !== undefined) {
+    try {
+      fs.unlinkSync(a.pidFile);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') writeStderr(`vfs-launch: could not remove ${a.pidFile}: ${err instanceof Error ? err.message : String(err)}\n`);
     }
   }
   // The waiter's $? is 128+N for a daemon killed by signal N, in every mode.

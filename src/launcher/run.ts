@@ -16,6 +16,7 @@ import { daemonCommand } from './spawn.js';
 import { execve, keepAcrossExec } from '../sys/exec-calls.js';
 import { listenUnix } from '../sys/socket-calls.js';
 import { validatePlan } from './validate.js';
+import { lockPidFile } from './pid-file.js';
 
 const log = logger('launcher');
 
@@ -115,7 +116,19 @@ export async function runLauncher(argv: readonly string[], io: LauncherIo = proc
     return 1;
   }
   if (cfg.listenFd !== undefined) keep.push(cfg.listenFd);
+  let pidFile: string | undefined;
   if (cfg.socketPath !== undefined) {
+    // Locked before the socket is touched: a second daemon on this path stops here (exit 1,
+    // as virtiofsd) instead of replacing the socket the first one serves.
+    try {
+      const pf = lockPidFile(cfg.socketPath);
+      daemonArgs.push('--pid-file-fd', String(pf.fd));
+      keep.push(pf.fd);
+      pidFile = pf.path;
+    } catch (err) {
+      io.stderr.write(`vfs-launch: --socket-path: ${err instanceof Error ? err.message : String(err)}\n`);
+      return 1;
+    }
     // Bound and listening here, before the daemon's Node even starts: a VMM may connect from
     // now on (its messages wait in the socket until the daemon accepts), which takes the
     // daemon's start-up off the path libvirt waits on. The daemon gets the fd.
@@ -132,7 +145,7 @@ export async function runLauncher(argv: readonly string[], io: LauncherIo = proc
   if (plan.seccompProgram !== undefined) daemonArgs.push('--seccomp-bpf-fd', String(await filterPipe(plan.seccompProgram)));
 
   const cmd = daemonCommand({
-    config: cfg, daemonArgs, uidMap: plan.uidMap, gidMap: plan.gidMap, daemonEntry: process.env.VFS_DAEMON_ENTRY, unmount: plan.mountpoint,
+    config: cfg, daemonArgs, uidMap: plan.uidMap, gidMap: plan.gidMap, daemonEntry: process.env.VFS_DAEMON_ENTRY, unmount: plan.mountpoint, pidFile,
   });
   log.debug(`exec: ${cmd.file} (waiter) -> ${cmd.daemon.join(' ')}`);
   try {

@@ -17,7 +17,7 @@
 // namespace receives them), waits for it, and exits 0 when it did; on any other end, or to
 // undo a --mountpoint mount, it execs the epilogue (epilogue.ts, Node, started only then):
 // it says how the daemon ended, names the system call of a seccomp kill from the kernel's
-// audit record, and exits with the status. In namespace mode the waiter's children are
+// audit record, removes the <socket>.pid file, and exits with the status. In namespace mode the waiter's children are
 // born in the daemon's pid namespace: once that init is gone it can neither fork nor start
 // a thread (clone(CLONE_THREAD) needs the children's pid namespace to be its own), so it
 // uses builtins only and reaches the epilogue through nsenter -F --pid=/proc/self/ns/pid,
@@ -54,6 +54,8 @@ export interface CommandInputs {
   daemonEntry?: string;
   /** --mountpoint: the epilogue unmounts it after the daemon ends. */
   unmount?: string;
+  /** The locked <socket>.pid (pid-file.ts): the epilogue removes it after the daemon ends. */
+  pidFile?: string;
   /** Environment of the launcher, passed on (default process.env). */
   env?: Readonly<Record<string, string | undefined>>;
 }
@@ -200,6 +202,7 @@ function epilogueCommand(inputs: CommandInputs, userNamespace: boolean): string[
   const cfg = inputs.config;
   const args = [process.execPath, ...entryArgs('launcher', 'epilogue'), '--sandbox', cfg.sandbox, '--seccomp', cfg.seccomp];
   if (inputs.unmount !== undefined) args.push('--unmount', inputs.unmount);
+  if (inputs.pidFile !== undefined) args.push('--remove-pid-file', inputs.pidFile);
   if (cfg.sandbox !== 'namespace') return args;
   if (userNamespace) return [];
   return ['nsenter', '-F', '--pid=/proc/self/ns/pid', '--', ...args];
@@ -223,7 +226,8 @@ export function daemonCommand(inputs: CommandInputs): ExecPlan {
   const sh = '/bin/sh';
   const outer = outerUnshareArgs(inputs);
   const epilogue = epilogueCommand(inputs, outer.includes('--user'));
-  const waiter = ['-c', WAITER_SCRIPT, 'vfs-launch', epilogue.map(shellQuote).join(' '), inputs.unmount !== undefined ? '1' : '0', ...daemon];
+  const always = inputs.unmount !== undefined || inputs.pidFile !== undefined;
+  const waiter = ['-c', WAITER_SCRIPT, 'vfs-launch', epilogue.map(shellQuote).join(' '), always ? '1' : '0', ...daemon];
   if (mode === 'namespace') {
     return { file: which('unshare', env.PATH), argv: ['unshare', ...outer, '--', sh, ...waiter], env, daemon };
   }

@@ -7,6 +7,7 @@ import koffi from 'koffi';
 import { libc } from './libc.js';
 
 const syscall3 = libc.func('syscall', 'long', ['long', 'long', 'long', 'long']);
+const syscallPtr = libc.func('syscall', 'long', ['long', 'long', 'void *', 'long']);
 const umaskRaw = libc.func('unsigned int umask(unsigned int mask)');
 
 const NR: Record<string, { setresuid: number; setresgid: number; setgroups: number }> = {
@@ -34,6 +35,11 @@ export function setresgidThread(rgid: number, egid: number, sgid: number): numbe
  */
 export function clearGroupsThread(): number {
   return Number(syscall3(SYS_SETGROUPS, 0, 0, 0)) < 0 ? -koffi.errno() : 0;
+}
+
+/** Set this thread's supplementary groups to the first `n` u32 gids of `gids`. */
+export function setgroupsThread(n: number, gids: Buffer): number {
+  return Number(syscallPtr(SYS_SETGROUPS, n, gids, 0)) < 0 ? -koffi.errno() : 0;
 }
 
 /** Set the process-wide umask (process.umask() cannot set it from a worker thread). */

@@ -56,6 +56,7 @@ const F_SETFL = 4n;
 bind('cred-calls', 'setresuidThread', 'serving', 'setresuid');
 bind('cred-calls', 'setresgidThread', 'serving', 'setresgid');
 bind('cred-calls', 'clearGroupsThread', 'serving', 'setgroups');
+bind('cred-calls', 'setgroupsThread', 'serving', 'setgroups');
 bind('cred-calls', 'setUmask', 'serving', 'umask');
 
 // event-calls
@@ -140,6 +141,7 @@ bind('mount-calls', 'fchdir', 'setup', 'fchdir');
 // exec-calls: vfs-launch replacing itself with the daemon's start-up chain (never in the daemon).
 bind('exec-calls', 'execve', 'setup', 'execve');
 bind('exec-calls', 'keepAcrossExec', 'setup', 'fcntl', 'F_GETFD then F_SETFD on the fds handed to the daemon');
+bind('lock-calls', 'flock', 'setup', 'flock', "vfs-launch locks <socket>.pid before binding the socket");
 bindArch('exec-calls', 'dupTo', 'setup', 'dup2', 'dup3', 'aarch64 has no dup2: glibc issues dup3 with flags 0');
 
 // process-calls: privileges, before the filter.
