@@ -34,7 +34,7 @@ debootstrap --variant=minbase --include=qemu-system-x86 trixie "$work" "$mirror"
 rm -f "$work.log"
 # The apt caches are the bulk of the root and never used again.
 rm -rf "$work/var/cache/apt/archives/"*.deb
-"$work/usr/bin/qemu-system-x86_64" --version >/dev/null 2>&1 || chroot "$work" qemu-system-x86_64 --version >/dev/null
+chroot "$work" qemu-system-x86_64 --version >/dev/null
 touch "$work/.vfs-ready"
 rm -rf --one-file-system "$root"
 mv "$work" "$root"

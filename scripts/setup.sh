@@ -20,6 +20,10 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# The Debian 13 QEMU the live-migration test needs (Debian 12's 7.2 cannot migrate
+# vhost-user-fs): a debootstrapped root in /tmp, built once, reused while present.
+bash scripts/setup-migration-qemu.sh
+
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
   npm ci --no-audit --no-fund
 fi

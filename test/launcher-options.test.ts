@@ -145,6 +145,11 @@ test('our form: launcher options before --, daemon options after; sandbox settin
   t.true(cmd.daemon.includes('--no-new-privs'));
   t.is(cmd.argv.slice(-cmd.daemon.length).join(' '), cmd.daemon.join(' '), 'the daemon command ends the waiter\'s arguments');
   t.deepEqual(execBoundingSet(plan.config).sort(), ['chown', 'dac_override', 'fowner', 'fsetid', 'mknod', 'setfcap', 'setgid', 'setpcap', 'setuid', 'sys_admin', 'sys_chroot'].sort());
+  // File handles (inodes or migration) need CAP_DAC_READ_SEARCH to survive the bounding set.
+  const handles = { ...plan.config, fs: { ...plan.config.fs, migration: { ...plan.config.fs.migration, mode: 'file-handles' as const } } };
+  t.true(execBoundingSet(handles).includes('dac_read_search'));
+  t.true(execBoundingSet({ ...plan.config, fs: { ...plan.config.fs, inodeFileHandles: 'prefer' } }).includes('dac_read_search'));
+  t.false(execBoundingSet(plan.config).includes('dac_read_search'));
 });
 
 test('virtiofsd form: every option before --, none after', async (t) => {

@@ -158,6 +158,9 @@ export function execBoundingSet(config: DaemonConfig): string[] {
   const caps = new Set(resolveCapabilities(config.modcaps));
   // Emptying the bounding set afterwards (PR_CAPBSET_DROP) needs CAP_SETPCAP.
   caps.add('setpcap');
+  // The daemon adds CAP_DAC_READ_SEARCH for file handles (daemon/main.ts): it must survive
+  // the bounding set to be kept at all.
+  if (config.fs.inodeFileHandles !== 'never' || config.fs.migration.mode === 'file-handles') caps.add('dac_read_search');
   if (config.sandbox === 'namespace') caps.add('sys_admin');
   if (config.sandbox === 'chroot') caps.add('sys_chroot');
   return [...caps];
