@@ -75,8 +75,10 @@ test('virtiofsd options with an equivalent here are accepted, with a note where 
   t.true(noted.fs.preserveNoatime);
   t.is(noted.fs.inodeFileHandles, 'prefer');
   t.is(parseDaemonArgs([...base, '--inode-file-handles=mandatory']).fs.inodeFileHandles, 'mandatory');
-  t.is(noted.notes.length, 1);
-  t.regex(noted.notes.join('\n'), /--killpriv-v2: .*clears setuid/);
+  t.true(noted.fs.killprivV2);
+  t.false(plain.fs.killprivV2);
+  t.false(plain.fs.posixAcl);
+  t.deepEqual(noted.notes, []);
 });
 
 test('--migration-* options take virtiofsd values and defaults', (t) => {
@@ -91,7 +93,6 @@ test('--migration-* options take virtiofsd values and defaults', (t) => {
 test('virtiofsd options vfs does not implement are refused saying so and what to do', (t) => {
   const base = ['--shared-dir', '/srv', '--socket-path', '/run/v.sock'];
   const cases: [string[], RegExp][] = [
-    [['--posix-acl'], /^--posix-acl: a virtiofsd option vfs does not support: .*remove --posix-acl/],
     [['--migration-mode=paths'], /^--migration-mode: 'paths' is not one of find-paths\|file-handles/],
     [['--migration-on-error=ignore'], /^--migration-on-error: 'ignore' is not one of abort\|guest-error/],
     [['--inode-file-handles=always'], /^--inode-file-handles: 'always' is not one of never\|prefer\|mandatory/],
@@ -155,7 +156,7 @@ test('other virtiofsd -o keys map to the long options', (t) => {
   t.false(cfg.fs.readdirplus);
   t.is(parseDaemonArgs(['--fd=3', '-o', 'source=/srv,debug']).logLevel, 'debug');
   t.is(parseDaemonArgs(['--fd=3', '-o', 'source=/srv,modcaps=+sys_admin']).modcaps, '+sys_admin');
-  t.regex(parseDaemonArgs(['--fd=3', '-o', 'source=/srv,killpriv_v2']).notes.join('\n'), /--killpriv-v2: /);
+  t.true(parseDaemonArgs(['--fd=3', '-o', 'source=/srv,killpriv_v2']).fs.killprivV2);
 });
 
 test('bad -o values are refused naming the key and the accepted values', (t) => {
@@ -163,7 +164,6 @@ test('bad -o values are refused naming the key and the accepted values', (t) => 
     ['source=/srv,cache=sometimes', /^-o cache=sometimes: not one of none \(= never\), metadata, auto, always$/],
     ['source=/srv,loglevel=loud', /^-o loglevel=loud: not one of debug, info, warn, err$/],
     ['source=/srv,sandbox=jail', /^--sandbox: 'jail' is not one of namespace\|chroot\|none$/],
-    ['source=/srv,posix_acl', /^--posix-acl: a virtiofsd option vfs does not support/],
     ['source=/srv,xattrmap=:map::', /^--xattrmap: rule 1 ':map::': the prepend field is not closed by ':'/],
     ['source=/srv,cache=none,cache=always', /^--cache: given twice with different values \('never' and 'always'\)/],
   ];

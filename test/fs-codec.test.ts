@@ -14,7 +14,7 @@ const expected: Record<string, number> = {
   InHeader: 40, OutHeader: 16, Attr: 88, EntryOutHead: 40, AttrOutHead: 16, InitIn: 64, InitOut: 64,
   ForgetIn: 8, ForgetOne: 16, BatchForgetIn: 8, GetattrIn: 16, MknodIn: 16, MkdirIn: 8, RenameIn: 8,
   Rename2In: 16, LinkIn: 8, SetattrIn: 88, OpenIn: 8, CreateIn: 16, OpenOut: 16, ReleaseIn: 24, FlushIn: 24,
-  ReadIn: 40, WriteIn: 40, WriteOut: 8, Kstatfs: 80, FsyncIn: 16, SetxattrIn: 8, GetxattrIn: 8, GetxattrOut: 8,
+  ReadIn: 40, WriteIn: 40, WriteOut: 8, Kstatfs: 80, FsyncIn: 16, SetxattrIn: 16, GetxattrIn: 8, GetxattrOut: 8,
   AccessIn: 8, InterruptIn: 8, FallocateIn: 32, LseekIn: 24, LseekOut: 8, CopyFileRangeIn: 56, SyncfsIn: 8,
   Dirent: 24, ExtHeader: 8, SuppGroupsHead: 4, Secctx: 8, SecctxHeader: 8,
 };

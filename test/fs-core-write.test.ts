@@ -7,7 +7,7 @@ import path from 'node:path';
 import {
   Attr, AttrOutHead, CopyFileRangeIn, CreateIn, ENTRY_OUT_SIZE, EntryOutHead, FATTR, FallocateIn, GetxattrIn,
   GetxattrOut, Kstatfs, LinkIn, LseekIn, LseekOut, MkdirIn, MknodIn, Op, OpenIn, OpenOut, ReadIn, Rename2In,
-  RenameIn, SetattrIn, SetxattrIn, WriteIn, WriteOut, AccessIn, FlushIn, FsyncIn, ReleaseIn, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT,
+  RenameIn, SetattrIn, SetxattrIn, SETXATTR_IN_COMPAT_SIZE, WriteIn, WriteOut, AccessIn, FlushIn, FsyncIn, ReleaseIn, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT,
 } from '../src/fs/fuse-abi.js';
 import { makeFs, init, send, request, struct, cstr, split, type TestFs, type Answer, type ReqOpts } from './fs-helpers.js';
 
@@ -162,7 +162,7 @@ test('xattrs: ENOSYS without --xattr', withFs((t, f) => {
 test('xattrs with --xattr: set, size probe, get, ERANGE, list, remove', withFs((t, f) => {
   const { nodeid } = create(f, 1, 'x');
   const value = Buffer.from('some value');
-  ok(send(f.session, request(Op.SETXATTR, [struct(SetxattrIn, { size: value.length }), cstr('user.k'), value], { nodeid })));
+  ok(send(f.session, request(Op.SETXATTR, [struct(SetxattrIn, { size: value.length }).subarray(0, SETXATTR_IN_COMPAT_SIZE), cstr('user.k'), value], { nodeid })));
   const probe = ok(send(f.session, request(Op.GETXATTR, [struct(GetxattrIn, { size: 0 }), cstr('user.k')], { nodeid })));
   t.is(GetxattrOut.decode(probe.body, 0).size, value.length);
   const got = ok(send(f.session, request(Op.GETXATTR, [struct(GetxattrIn, { size: 100 }), cstr('user.k')], { nodeid })));
@@ -241,7 +241,7 @@ test('xattrs of a symlink go through the O_PATH fd, never its target', withFs((t
   fs.symlinkSync('target', path.join(f.dir, 'sl'));
   const nodeid = nodeOf(ok(send(f.session, request(Op.LOOKUP, [cstr('sl')]))));
   const v = Buffer.from('on-link');
-  ok(send(f.session, request(Op.SETXATTR, [struct(SetxattrIn, { size: v.length }), cstr('trusted.t'), v], { nodeid })));
+  ok(send(f.session, request(Op.SETXATTR, [struct(SetxattrIn, { size: v.length }).subarray(0, SETXATTR_IN_COMPAT_SIZE), cstr('trusted.t'), v], { nodeid })));
   const got = ok(send(f.session, request(Op.GETXATTR, [struct(GetxattrIn, { size: 64 }), cstr('trusted.t')], { nodeid })));
   t.is(got.body.toString(), 'on-link');
   const list = ok(send(f.session, request(Op.LISTXATTR, [struct(GetxattrIn, { size: 0 })], { nodeid })));

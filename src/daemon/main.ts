@@ -19,6 +19,7 @@ import { enterSandbox, dropPrivileges, resolveCapabilities } from '../sandbox/in
 import { installFilter } from '../sandbox/seccomp/install.js';
 import type { SeccompMode } from '../sandbox/seccomp/install.js';
 import { RLIMIT_NOFILE, getrlimit } from '../sys/process-calls.js';
+import { setUmask, unshareFsThread } from '../sys/cred-calls.js';
 import { sigbusGuard, lastGuardError } from '../sys/sigbus-guard.js';
 import { capabilitiesDocument } from './capabilities.js';
 import { watchStopSignals } from './stop-signals.js';
@@ -137,6 +138,15 @@ async function run(argv: string[]): Promise<number> {
     }
   }
   log.info(`inodes: ${cfg.fs.inodeFileHandles === 'never' ? 'O_PATH fds' : 'file handles'}, RLIMIT_NOFILE ${cfg.fs.fdLimit}`);
+  if (cfg.fs.posixAcl) {
+    // --posix-acl sets each creation's umask on this thread: first umask 0 for every thread
+    // (as createFuseServer would), then a copy of the fs_struct for this one, so that the
+    // libuv pool never runs under a guest's umask. After the sandbox: a chroot acts on the
+    // fs_struct, which must still be the shared one then.
+    setUmask(0);
+    const r = unshareFsThread();
+    if (r < 0) throw new Error(`--posix-acl: unshare(CLONE_FS) of the serving thread failed (errno ${-r})`);
+  }
   installFilter(seccomp.mode, seccomp.program, seccomp.from);
   if (forbidden !== undefined) forbidden();
 

@@ -154,12 +154,17 @@ const OPTIONS: Record<string, OptionSpec> = {
     kind: 'flag', help: 'find-paths: check every path at switch-over and correct it from /proc/self/fd',
     apply: on((c) => { c.fs.migration.confirmPaths = true; }),
   },
+  // --[no-]killpriv-v2 and --[no-]posix-acl: the one given last wins, as virtiofsd's pairs do.
   'killpriv-v2': {
-    kind: 'flag', help: 'accepted; HANDLE_KILLPRIV_V2 is not offered (the guest clears setuid/setgid itself)',
-    apply: on((c) => { c.notes.push('--killpriv-v2: FUSE_HANDLE_KILLPRIV_V2 is not offered; the guest kernel clears setuid/setgid itself, with the same result'); }),
+    kind: 'flag', help: 'offer HANDLE_KILLPRIV_V2: the server clears setuid/setgid on writes, truncations and O_TRUNC opens',
+    apply: on((c) => { c.fs.killprivV2 = true; }),
   },
-  'no-killpriv-v2': { kind: 'flag', help: 'accepted (the default)', apply: on(() => undefined) },
-  'no-posix-acl': { kind: 'flag', help: 'accepted (the default: no POSIX ACLs)', apply: on(() => undefined) },
+  'no-killpriv-v2': { kind: 'flag', help: 'do not offer HANDLE_KILLPRIV_V2 (the default)', apply: on((c) => { c.fs.killprivV2 = false; }) },
+  'posix-acl': {
+    kind: 'flag', help: 'POSIX ACLs: offer POSIX_ACL, DONT_MASK, SETXATTR_EXT (implies --xattr)',
+    apply: on((c) => { c.fs.posixAcl = true; }),
+  },
+  'no-posix-acl': { kind: 'flag', help: 'no POSIX ACLs (the default)', apply: on((c) => { c.fs.posixAcl = false; }) },
   'thread-pool-size': { kind: 'int', help: 'accepted for compatibility; requests are served on one thread', apply: (c, v) => { c.threadPoolSize = Number(v); } },
   'print-capabilities': { kind: 'flag', help: 'print the vhost-user.json capabilities and exit', apply: on((c) => { c.printCapabilities = true; }) },
   'test-forbidden-syscall': { kind: 'flag', help: 'test hook: make a syscall the policy forbids', apply: on((c) => { c.testForbiddenSyscall = true; }) },
@@ -176,7 +181,6 @@ export const INTERNAL_OPTIONS: readonly string[] = ['test-forbidden-syscall', 's
  * gets this rather than "unknown option".
  */
 const NOT_SUPPORTED: Record<string, string> = {
-  'posix-acl': 'POSIX ACLs are not supported; remove --posix-acl (the guest then sees no ACLs)',
 };
 
 /** Repeatable options: each occurrence adds to a list (the others must not change value). */
@@ -264,8 +268,8 @@ function applyLegacy(cfg: DaemonConfig, list: string, seen: Map<string, string>,
       case 'no_allow_direct_io': cfg.fs.allowDirectIo = false; break;
       case 'killpriv_v2': set('killpriv-v2', ''); break;
       case 'no_killpriv_v2': set('no-killpriv-v2', ''); break;
+      case 'posix_acl': set('posix-acl', ''); break;
       case 'no_posix_acl': set('no-posix-acl', ''); break;
-      case 'posix_acl': set('posix-acl', val); break; // refused, saying why
       case 'xattrmap': set('xattrmap', val); break;
       case 'security_label': set('security-label', ''); break;
       case 'no_security_label': break;
@@ -283,7 +287,7 @@ function applyLegacy(cfg: DaemonConfig, list: string, seen: Map<string, string>,
       case 'posix_lock': case 'flock':
         throw new UsageError(`-o ${key}: ${REMOTE_LOCKS_REFUSED}`);
       default:
-        throw new UsageError(`-o ${key}: unknown option; known: source=, cache=none|never|metadata|auto|always, sandbox=, xattr, no_xattr, no_flock, no_posix_lock, writeback, announce_submounts, no_readdirplus, allow_direct_io, killpriv_v2, xattrmap=, security_label, modcaps=, loglevel=, log_level=`);
+        throw new UsageError(`-o ${key}: unknown option; known: source=, cache=none|never|metadata|auto|always, sandbox=, xattr, no_xattr, no_flock, no_posix_lock, writeback, announce_submounts, no_readdirplus, allow_direct_io, [no_]killpriv_v2, [no_]posix_acl, xattrmap=, security_label, modcaps=, loglevel=, log_level=`);
     }
   }
 }
@@ -358,8 +362,8 @@ export function parseDaemonArgs(argv: readonly string[]): DaemonConfig {
     set(rawName, value);
   }
 
-  // As virtiofsd: a map or labels need extended attributes, even after -o no_xattr.
-  if (cfg.fs.xattrmap !== null || cfg.fs.securityLabel) cfg.fs.xattr = true;
+  // As virtiofsd: a map, labels or ACLs need extended attributes, even after -o no_xattr.
+  if (cfg.fs.xattrmap !== null || cfg.fs.securityLabel || cfg.fs.posixAcl) cfg.fs.xattr = true;
   if (cfg.printCapabilities) return cfg;
   checkIdRules('translate-uid', cfg.fs.translateUid);
   checkIdRules('translate-gid', cfg.fs.translateGid);
@@ -367,7 +371,7 @@ export function parseDaemonArgs(argv: readonly string[]): DaemonConfig {
     throw new UsageError('--announce-submounts and --no-announce-submounts contradict each other; keep one');
   }
   // As virtiofsd: the guest's ACLs name ids the daemon would not translate.
-  if (seen.has('posix-acl') && (cfg.fs.translateUid.length > 0 || cfg.fs.translateGid.length > 0)) {
+  if (cfg.fs.posixAcl && (cfg.fs.translateUid.length > 0 || cfg.fs.translateGid.length > 0)) {
     throw new UsageError('--posix-acl cannot be used with --translate-uid/--translate-gid (ACL entries would keep untranslated ids); drop one of them, or use vfs-launch --uid-map/--gid-map');
   }
   if (cfg.fs.allowMmap && (cfg.fs.cache === 'auto' || cfg.fs.cache === 'always')) {

@@ -54,6 +54,10 @@ export const FOPEN = {
 export const FUSE_GETATTR_FH = 1 << 0;
 export const FUSE_WRITE_CACHE = 1 << 0;
 export const FUSE_WRITE_KILL_SUIDGID = 1 << 2;
+/** fuse_open_in/fuse_create_in open_flags: the opener lacks CAP_FSETID and truncates (HANDLE_KILLPRIV_V2). */
+export const FUSE_OPEN_KILL_SUIDGID = 1 << 0;
+/** fuse_setxattr_in setxattr_flags (SETXATTR_EXT): clear setgid when setting the access ACL. */
+export const FUSE_SETXATTR_ACL_KILL_SGID = 1 << 0;
 export const FUSE_FSYNC_FDATASYNC = 1 << 0;
 export const FUSE_ATTR_SUBMOUNT = 1 << 0;
 export const RENAME_NOREPLACE = 1 << 0;
@@ -209,8 +213,9 @@ export const Kstatfs = defineStruct('fuse_kstatfs', {
   frsize: 'u32', padding: 'u32', spare: 'pad24',
 });
 export const FsyncIn = defineStruct('fuse_fsync_in', { fh: 'u64', fsyncFlags: 'u32', padding: 'u32' });
-/** We do not offer FUSE_SETXATTR_EXT, so the kernel sends the 8-byte compat form. */
-export const SetxattrIn = defineStruct('fuse_setxattr_in', { size: 'u32', flags: 'u32' });
+/** The 16-byte form comes only with SETXATTR_EXT agreed (--posix-acl); otherwise the first 8 bytes. */
+export const SetxattrIn = defineStruct('fuse_setxattr_in', { size: 'u32', flags: 'u32', setxattrFlags: 'u32', padding: 'u32' });
+export const SETXATTR_IN_COMPAT_SIZE = 8;
 export const GetxattrIn = defineStruct('fuse_getxattr_in', { size: 'u32', padding: 'u32' });
 export const GetxattrOut = defineStruct('fuse_getxattr_out', { size: 'u32', padding: 'u32' });
 /**
@@ -246,7 +251,7 @@ export const fixedArgSize: ReadonlyMap<number, number> = new Map<number, number>
   [Op.READLINK, 0], [Op.SYMLINK, 0], [Op.MKNOD, MknodIn.size], [Op.MKDIR, MkdirIn.size], [Op.UNLINK, 0],
   [Op.RMDIR, 0], [Op.RENAME, RenameIn.size], [Op.LINK, LinkIn.size], [Op.OPEN, OpenIn.size],
   [Op.READ, ReadIn.size], [Op.WRITE, WriteIn.size], [Op.STATFS, 0], [Op.RELEASE, ReleaseIn.size],
-  [Op.FSYNC, FsyncIn.size], [Op.SETXATTR, SetxattrIn.size], [Op.GETXATTR, GetxattrIn.size],
+  [Op.FSYNC, FsyncIn.size], [Op.SETXATTR, SETXATTR_IN_COMPAT_SIZE], [Op.GETXATTR, GetxattrIn.size],
   [Op.LISTXATTR, GetxattrIn.size], [Op.REMOVEXATTR, 0], [Op.FLUSH, FlushIn.size],
   [Op.INIT, INIT_IN_COMPAT_SIZE], [Op.OPENDIR, OpenIn.size], [Op.READDIR, ReadIn.size],
   [Op.RELEASEDIR, ReleaseIn.size], [Op.FSYNCDIR, FsyncIn.size], [Op.ACCESS, AccessIn.size],

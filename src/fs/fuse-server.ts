@@ -113,8 +113,17 @@ function offeredFlags(opts: FsOptions): number {
   if (opts.writeback) f |= InitFlag.WRITEBACK_CACHE;
   if (opts.readdirplus) f |= InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO;
   if (opts.announceSubmounts) f |= InitFlag.SUBMOUNTS;
+  if (opts.posixAcl) f |= ACL_FLAGS;
+  if (opts.killprivV2) f |= InitFlag.HANDLE_KILLPRIV_V2;
   return f;
 }
+
+/**
+ * --posix-acl needs all three from the client, as virtiofsd does: the client enforces the
+ * ACLs (POSIX_ACL), leaves the umask to us (DONT_MASK, so a default ACL can take its place),
+ * and says when setting an access ACL must clear setgid (SETXATTR_EXT's setxattr_flags).
+ */
+const ACL_FLAGS = InitFlag.POSIX_ACL | InitFlag.DONT_MASK | InitFlag.SETXATTR_EXT;
 
 /**
  * flags2 bits we offer (with INIT_EXT) when the client does. CREATE_SUPP_GROUP always, as
@@ -261,6 +270,11 @@ class FuseServer implements FuseSession {
       s.log.warn(`client speaks FUSE ${major}.${minor}; ${FUSE_KERNEL_VERSION}.${FUSE_MIN_MINOR_VERSION} or later is needed`);
       return -E.EPROTO;
     }
+    const clientFlags = req.u32(InitIn.off.flags);
+    if (s.opts.posixAcl && (clientFlags & ACL_FLAGS) !== ACL_FLAGS) {
+      s.log.error(`--posix-acl: the client does not offer POSIX_ACL, DONT_MASK and SETXATTR_EXT (flags 0x${clientFlags.toString(16)}); refusing INIT`);
+      return -E.EPROTO;
+    }
     if (this.initialized) {
       // (Only an INIT we accept does this: a malformed one leaves the session as it was.)
       // A rebooted or reset guest starts over with INIT on the same connection: its old
@@ -270,13 +284,14 @@ class FuseServer implements FuseSession {
       s.log.info('INIT on an initialized session: the client restarted; releasing its inodes and handles');
       this.release();
     }
-    const clientFlags = req.u32(InitIn.off.flags);
-    // POSIX_LOCKS and FLOCK_LOCKS are not offered (see the opcode table), nor DONT_MASK:
-    // the client applies the caller's umask to modes itself, and the process umask is 0
-    // (set in createFuseServer) so the host does not apply a second one. HANDLE_KILLPRIV(_V2)
-    // is not offered: the client then clears setuid/setgid itself with a SETATTR after a
-    // write by a non-owner. SETXATTR_EXT is not offered, so SETXATTR keeps its compat layout.
-    // SECURITY_CTX only with --security-label; CREATE_SUPP_GROUP's record is acted on in asCaller.
+    // POSIX_LOCKS and FLOCK_LOCKS are not offered (see the opcode table). Without
+    // --posix-acl, neither is DONT_MASK: the client applies the caller's umask to modes
+    // itself, and the process umask is 0 (set in createFuseServer) so the host does not
+    // apply a second one. Without --killpriv-v2 (the default, as virtiofsd) the client
+    // clears setuid/setgid itself with a SETATTR after a write by a non-owner (a direct
+    // write still asks us, with FUSE_WRITE_KILL_SUIDGID). SETXATTR_EXT only with
+    // --posix-acl (SETXATTR then has its 16-byte layout). SECURITY_CTX only with
+    // --security-label; CREATE_SUPP_GROUP's record is acted on in asCaller.
     // flags2 exists only from 7.36 (a 64-byte fuse_init_in) and only with INIT_EXT set.
     const ext = (clientFlags & InitFlag.INIT_EXT) !== 0 && req.argLen >= InitIn.size;
     const clientFlags2 = ext ? req.u32(InitIn.off.flags2) : 0;
@@ -291,6 +306,8 @@ class FuseServer implements FuseSession {
     this.agreedFlags = flags;
     s.writeback = (flags & InitFlag.WRITEBACK_CACHE) !== 0;
     s.submounts = (flags & InitFlag.SUBMOUNTS) !== 0;
+    s.posixAcl = (flags & ACL_FLAGS) === ACL_FLAGS;
+    s.killprivV2 = (flags & InitFlag.HANDLE_KILLPRIV_V2) !== 0;
     const maxWrite = Math.max(4096, this.cfg.maxWrite);
     const out = s.reply.out;
     InitOut.encode(out, 16, {});
@@ -353,10 +370,12 @@ export function fuseServerFdCount(session: FuseSession): number {
 }
 
 /**
- * Build the FUSE core over the shared directory. Sets the process umask to 0: the
- * client has already applied its caller's umask to every mode it sends, and the host
- * must not mask the result again (process.umask() cannot be set from a worker thread,
- * hence the libc call). Also drops the calling thread's supplementary groups, so call
+ * Build the FUSE core over the shared directory. Sets the umask to 0: the client has
+ * already applied its caller's umask to every mode it sends, and the host must not mask
+ * the result again (process.umask() cannot be set from a worker thread, hence the libc
+ * call). With --posix-acl the client sends the umask instead and each creation sets it
+ * around its call (FsState.asCreator): the daemon gives the serving thread its own umask
+ * first (unshareFsThread, in daemon/main.ts), so other threads never see one. Also drops the calling thread's supplementary groups, so call
  * it on the thread that runs handle().
  */
 export function createFuseServer(cfg: FuseServerConfig): FuseSession {

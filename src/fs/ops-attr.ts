@@ -7,7 +7,10 @@ import {
   fsetxattr, fstatfs, ftruncate, futimens, getxattrAt, listxattrAt, openat, removexattrAt, setxattrAt, syncfs,
   utimensat,
 } from '../sys/file-calls.js';
-import { FATTR, GetxattrIn, GetxattrOut, Kstatfs, SetattrIn, SetxattrIn, AccessIn } from './fuse-abi.js';
+import {
+  FATTR, FUSE_SETXATTR_ACL_KILL_SGID, GetxattrIn, GetxattrOut, Kstatfs, SETXATTR_IN_COMPAT_SIZE, SetattrIn, SetxattrIn, AccessIn,
+} from './fuse-abi.js';
+import { ACL_ACCESS, ACL_NONE, aclKind, dropAclNames, setAclAsCaller } from './acl.js';
 import { newNameRef } from './names.js';
 import { E, type FsState } from './state.js';
 import { XATTR_NAME_MAX } from './xattr-map.js';
@@ -48,13 +51,18 @@ export function setattr(s: FsState): number {
   if (valid & FATTR.SIZE) {
     if (req.u64Big(S.size)) return -E.EFBIG;
     const size = req.u64(S.size);
+    // FATTR_KILL_SUIDGID (HANDLE_KILLPRIV_V2, a truncater without CAP_FSETID): the kernel's
+    // rule for a truncation, applied by us (the host would not: we hold CAP_FSETID).
+    const kill = (valid & FATTR.KILL_SUIDGID) !== 0;
     if (fd >= 0) {
       r = ftruncate(fd, size);
+      if (r >= 0 && kill) r = s.killSuidgid(fd);
     } else {
       if (ino.type !== S_IFREG) return ino.type === S_IFDIR ? -E.EISDIR : -E.EINVAL;
       const wfd = openat(s.procSelfFd, ino.procName, O_WRONLY | O_CLOEXEC);
       if (wfd < 0) return wfd;
       r = ftruncate(wfd, size);
+      if (r >= 0 && kill) r = s.killSuidgid(wfd);
       close(wfd);
     }
     if (r < 0) return r;
@@ -185,6 +193,7 @@ export function getxattr(s: FsState): number {
   if (ino === undefined) return s.inodes.missing(s.req.nodeid);
   let r = parseXattrName(s, req.args + GetxattrIn.size);
   if (r < 0) return r;
+  if (!s.posixAcl && aclKind(nameA.buf) !== ACL_NONE) return -E.EOPNOTSUPP;
   const size = req.u32(GetxattrIn.off.size);
   const room = size === 0 ? 0 : s.reply.room(size);
   if (!s.reply.reserve(size === 0 ? GetxattrOut.size : room)) return -E.ERANGE;
@@ -235,6 +244,8 @@ export function listxattr(s: FsState): number {
     r = size === 0 ? map.mapServerList(list, r, null, 0, 0) : map.mapServerList(list, r, s.reply.out, 16, room);
     if (r < 0) return r;
   }
+  // Without --posix-acl the ACL names are not shown (a size query may then overstate a little).
+  if (size !== 0 && !s.posixAcl) r = dropAclNames(s.reply.out.subarray(16, 16 + room), r);
   return size === 0 ? sizeOut(s, r) : r;
 }
 
@@ -261,12 +272,26 @@ export function setxattr(s: FsState): number {
   const req = s.req;
   const ino = s.inodes.get(req.nodeid);
   if (ino === undefined) return s.inodes.missing(s.req.nodeid);
-  const r = parseXattrName(s, req.args + SetxattrIn.size);
+  // fuse_setxattr_in is 16 bytes once SETXATTR_EXT is agreed (with --posix-acl), 8 before.
+  const r = parseXattrName(s, req.args + (s.posixAcl ? SetxattrIn.size : SETXATTR_IN_COMPAT_SIZE));
   if (r < 0) return r;
+  if (!s.posixAcl && aclKind(nameA.buf) !== ACL_NONE) return -E.EOPNOTSUPP;
   const size = req.u32(SetxattrIn.off.size);
   if (nameA.next + size > req.end) return -E.EINVAL;
   const value = req.buf.subarray(nameA.next, nameA.next + size);
-  return setXattrOf(s, ino.type, ino.procName, hostName, value, size, req.u32(SetxattrIn.off.flags));
+  const flags = req.u32(SetxattrIn.off.flags);
+  const acl = aclKind(hostName);
+  if (acl === ACL_NONE) return setXattrOf(s, ino.type, ino.procName, hostName, value, size, flags);
+  // An ACL on the host: set as the caller (see acl.ts), setgid as the client decided.
+  const fd = xattrFd(s, ino.type, ino.procName);
+  if (fd < 0 && fd !== SPECIAL) return fd;
+  const name = hostName;
+  const set = (): number => (fd >= 0 ? fsetxattr(fd, name, value, size, flags)
+    : special(setxattrAt(s.procSelfFd, ino.procName, 0, name, value, size, flags)));
+  const kill = acl === ACL_ACCESS && (req.u32(SetxattrIn.off.setxattrFlags) & FUSE_SETXATTR_ACL_KILL_SGID) !== 0;
+  const e = setAclAsCaller(s, ino, fd >= 0 ? fd : -1, acl, kill, set);
+  if (fd >= 0) close(fd);
+  return e < 0 ? e : 0;
 }
 
 export function removexattr(s: FsState): number {
@@ -275,14 +300,14 @@ export function removexattr(s: FsState): number {
   if (ino === undefined) return s.inodes.missing(s.req.nodeid);
   let r = parseXattrName(s, req.args);
   if (r < 0) return r;
+  if (!s.posixAcl && aclKind(nameA.buf) !== ACL_NONE) return -E.EOPNOTSUPP;
   const fd = xattrFd(s, ino.type, ino.procName);
   if (fd < 0 && fd !== SPECIAL) return fd;
-  if (fd >= 0) {
-    r = fremovexattr(fd, hostName);
-    close(fd);
-  } else {
-    r = special(removexattrAt(s.procSelfFd, ino.procName, 0, hostName));
-  }
+  const name = hostName;
+  const acl = aclKind(name);
+  const remove = (): number => (fd >= 0 ? fremovexattr(fd, name) : special(removexattrAt(s.procSelfFd, ino.procName, 0, name)));
+  r = acl === ACL_NONE ? remove() : setAclAsCaller(s, ino, fd >= 0 ? fd : -1, acl, false, remove);
+  if (fd >= 0) close(fd);
   return r < 0 ? r : 0;
 }
 

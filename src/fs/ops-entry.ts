@@ -1,8 +1,10 @@
 // Operations on names and inodes: LOOKUP, FORGET, BATCH_FORGET, GETATTR, READLINK and
 // the namespace changes (MKDIR, MKNOD, SYMLINK, LINK, UNLINK, RMDIR, RENAME, RENAME2).
 // Each handler returns the reply body length, -errno, or NO_REPLY. Creation runs with
-// the caller's credentials (a security label, --security-label, is then stored with ours); the client has already applied its umask to the mode
-// (we do not offer FUSE_DONT_MASK), and the process umask is 0 (see fuse-server.ts).
+// the caller's credentials (a security label, --security-label, is then stored with ours);
+// the client has already applied its umask to the mode, and the process umask is 0 (see
+// fuse-server.ts), unless --posix-acl agreed DONT_MASK: then the caller's umask is applied
+// by the host as the parent's default ACL says (asCreator).
 import {
   AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH, O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW,
   O_PATH, linkat, mkdirat, mknodat, openat, readlinkat, renameat2, statx, symlinkat, unlinkat, S_IFDIR, S_IFLNK, S_IFMT,
@@ -121,7 +123,7 @@ export function mkdir(s: FsState): number {
   r = parseCreateExtensions(s, nameA.next);
   if (r < 0) return r;
   const mode = req.u32(MkdirIn.off.mode) & 0o7777;
-  const e = s.asCaller(() => mkdirat(parent.fd, nameA.buf, mode));
+  const e = s.asCreator(req.u32(MkdirIn.off.umask), () => mkdirat(parent.fd, nameA.buf, mode));
   if (e < 0) return e;
   r = labelNewEntry(s, parent.fd, nameA.buf, S_IFDIR);
   if (r < 0) return r;
@@ -142,7 +144,7 @@ export function mknod(s: FsState): number {
   const major = (rdev >>> 8) & 0xfff;
   const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
   const dev = ((major & 0xfff) << 8) | (minor & 0xff) | ((minor & ~0xff) << 12);
-  const e = s.asCaller(() => mknodat(parent.fd, nameA.buf, mode, dev >>> 0));
+  const e = s.asCreator(req.u32(MknodIn.off.umask), () => mknodat(parent.fd, nameA.buf, mode, dev >>> 0));
   if (e < 0) return e;
   r = labelNewEntry(s, parent.fd, nameA.buf, (mode & S_IFMT) === 0 ? S_IFREG : mode & S_IFMT);
   if (r < 0) return r;

@@ -10,7 +10,7 @@ import {
 } from '../sys/file-calls.js';
 import { errnoOf } from '../sys/libc.js';
 import {
-  CopyFileRangeIn, CreateIn, ENTRY_OUT_SIZE, FOPEN, FUSE_FSYNC_FDATASYNC, FUSE_WRITE_KILL_SUIDGID, FallocateIn,
+  CopyFileRangeIn, CreateIn, ENTRY_OUT_SIZE, FOPEN, FUSE_FSYNC_FDATASYNC, FUSE_OPEN_KILL_SUIDGID, FUSE_WRITE_KILL_SUIDGID, FallocateIn,
   FlushIn, FsyncIn, LseekIn, LseekOut, OpenIn, OpenOut, ReadIn, ReleaseIn, WriteIn, WriteOut,
 } from './fuse-abi.js';
 import { newNameRef, parseEntryName } from './names.js';
@@ -85,6 +85,13 @@ export function open(s: FsState): number {
   // truncation by the host kernel for a caller without CAP_FSETID, it clears setuid/setgid.
   const fd = (flags & O_TRUNC) !== 0 ? s.asCaller(() => openat(s.procSelfFd, ino.procName, hf)) : openat(s.procSelfFd, ino.procName, hf);
   if (fd < 0) return fd;
+  // HANDLE_KILLPRIV_V2: the client asks for the kernel's rule, which the open above applied
+  // only for a caller who is not root here (root keeps CAP_FSETID on the host).
+  const r = killOnTrunc(s, fd, flags, req.u32(OpenIn.off.openFlags));
+  if (r < 0) {
+    close(fd);
+    return r;
+  }
   const h = s.handles.add(fd, ino, hf);
   openOut(s, 16, h.fh, fopenFlags(s, flags));
   return OpenOut.size;
@@ -119,15 +126,17 @@ function createCommon(s: FsState, tmp: boolean): number {
   // guest made with MKNOD, which OPEN refuses. An existing name is opened only as
   // openExisting() allows.
   const hostFlags = tmp ? (hf & ~(O_TRUNC | O_APPEND)) | O_TMPFILE : hf | O_EXCL | O_CREAT | O_NOFOLLOW;
-  let fd = s.asCaller(() => openat(parent.fd, name, hostFlags, mode));
+  let fd = s.asCreator(req.u32(CreateIn.off.umask), () => openat(parent.fd, name, hostFlags, mode));
   let pfd = -1;
   if (fd === -E.EEXIST && !tmp && (flags & O_EXCL) === 0) {
     pfd = s.asCaller(() => openat(parent.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
     if (pfd < 0) return pfd;
     fd = openExisting(s, pfd, hf);
-    if (fd < 0) {
+    const r = fd < 0 ? fd : killOnTrunc(s, fd, flags, req.u32(CreateIn.off.openFlags));
+    if (r < 0) {
+      if (fd >= 0) close(fd);
       close(pfd);
-      return fd;
+      return r;
     }
   }
   if (fd < 0) return fd;
@@ -168,6 +177,12 @@ function openExisting(s: FsState, pfd: number, hf: number): number {
   const type = u16(s.stx, STX.mode) & S_IFMT;
   if (type !== S_IFREG) return type === S_IFDIR ? -E.EISDIR : type === S_IFLNK ? -E.ELOOP : -E.ENXIO;
   return s.asCaller(() => openat(s.procSelfFd, fdName(pfd), hf));
+}
+
+/** An O_TRUNC open whose client sent FUSE_OPEN_KILL_SUIDGID: clear setuid/setgid (see killSuidgid). */
+function killOnTrunc(s: FsState, fd: number, flags: number, openFlags: number): number {
+  if ((flags & O_TRUNC) === 0 || (openFlags & FUSE_OPEN_KILL_SUIDGID) === 0) return 0;
+  return s.killSuidgid(fd);
 }
 
 export function create(s: FsState): number {
@@ -229,14 +244,14 @@ export function write(s: FsState): number {
   if (req.u64Big(WriteIn.off.offset)) return -E.EFBIG;
   if (!s.reply.reserve(WriteOut.size)) return -E.EIO;
   const pos = req.u64(WriteIn.off.offset);
-  let n: number;
   if ((req.u32(WriteIn.off.writeFlags) & FUSE_WRITE_KILL_SUIDGID) !== 0) {
-    // The client asks us to clear setuid/setgid as the host would for a writer without
-    // CAP_FSETID: write with the caller's ids (only this path pays for the switch).
-    n = s.asCaller(() => writePayload(s, h.fd, pos));
-  } else {
-    n = writePayload(s, h.fd, pos);
+    // The client asks us to clear setuid/setgid as the kernel does before a write by a
+    // caller without CAP_FSETID (every such write with HANDLE_KILLPRIV_V2; direct writes
+    // without it): one statx, and a chmod only when a bit is set.
+    const r = s.killSuidgid(h.fd);
+    if (r < 0) return r;
   }
+  const n = writePayload(s, h.fd, pos);
   if (n < 0) return n;
   setU32(s.reply.out, 16 + WriteOut.off.size, n);
   setU32(s.reply.out, 16 + WriteOut.off.padding, 0);

@@ -41,6 +41,10 @@ export interface FsOptions {
   preserveNoatime: boolean;
   /** --inode-file-handles: keep a file handle per inode instead of an O_PATH fd. */
   inodeFileHandles: 'never' | 'prefer' | 'mandatory';
+  /** --posix-acl: offer POSIX_ACL, DONT_MASK and SETXATTR_EXT (implies xattr). */
+  posixAcl: boolean;
+  /** --killpriv-v2: offer HANDLE_KILLPRIV_V2 (the server clears setuid/setgid). */
+  killprivV2: boolean;
   /** RLIMIT_NOFILE the daemon runs under (0: unknown); the fd budget is derived from it. */
   fdLimit: number;
   /** Live migration (vhost-user DEVICE_STATE). */
@@ -62,6 +66,8 @@ export const DEFAULT_FS_OPTIONS: FsOptions = {
   allowDirectIo: false,
   preserveNoatime: false,
   inodeFileHandles: 'never',
+  posixAcl: false,
+  killprivV2: false,
   fdLimit: 0,
   migration: { mode: 'find-paths', onError: 'abort', verifyHandles: false, confirmPaths: false },
 };

@@ -5,9 +5,9 @@
 import { constants as osConstants } from 'node:os';
 import {
   AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY, STATX_BASIC_STATS, STATX_MNT_ID,
-  STATX_SIZE, STX, S_IFDIR, close, nameToHandleAt, openat, statx,
+  STATX_SIZE, STX, S_IFDIR, S_IFMT, S_IFREG, S_ISGID, S_ISUID, close, fchmod, nameToHandleAt, openat, statx,
 } from '../sys/file-calls.js';
-import { clearGroupsThread, setgroupsThread, setresgidThread, setresuidThread } from '../sys/cred-calls.js';
+import { clearGroupsThread, setUmask, setgroupsThread, setresgidThread, setresuidThread } from '../sys/cred-calls.js';
 import { SysError } from '../sys/libc.js';
 import type { FsOptions } from './options.js';
 import { Attr, AttrOutHead, ENTRY_OUT_SIZE, EntryOutHead, FUSE_ATTR_SUBMOUNT, FUSE_EXT_GROUPS, InitFlag2, SuppGroupsHead } from './fuse-abi.js';
@@ -177,6 +177,10 @@ export class FsState {
   readonly gidMap: IdMap | undefined;
   /** Supplementary groups of the request being run as its caller (setgroups list, u32 each). */
   private groupsBuf = Buffer.alloc(64);
+  /** POSIX_ACL, DONT_MASK and SETXATTR_EXT agreed (--posix-acl): they come as one. */
+  posixAcl = false;
+  /** HANDLE_KILLPRIV_V2 agreed (--killpriv-v2). */
+  killprivV2 = false;
   /** --inode-file-handles=prefer|mandatory: new inodes keep a file handle, not an fd. */
   private readonly useHandles: boolean;
   private readonly euid = process.geteuid?.() ?? 0;
@@ -378,6 +382,41 @@ export class FsState {
       setU32(this.groupsBuf, 4 * i, g);
     }
     return n;
+  }
+
+  /**
+   * asCaller for a creation. With DONT_MASK agreed the client leaves the mode unmasked and
+   * sends its caller's umask: the host kernel applies it as the ACL rules say (not at all
+   * under a default ACL, which is inherited instead), so it is this thread's umask for the
+   * call (the serving thread has its own, see unshareFsThread) and 0 again after.
+   */
+  asCreator(umask: number, fn: () => number): number {
+    if (!this.posixAcl) return this.asCaller(fn);
+    setUmask(umask & 0o777);
+    try {
+      return this.asCaller(fn);
+    } finally {
+      setUmask(0);
+    }
+  }
+
+  /**
+   * Clear setuid/setgid of the regular file open as `fd` as the kernel does for a writer or
+   * truncater without CAP_FSETID (the client asked: FUSE_WRITE_KILL_SUIDGID,
+   * FATTR_KILL_SUIDGID, FUSE_OPEN_KILL_SUIDGID): setuid always; setgid when group-exec is set
+   * or the caller is not in the file's group (the request's gid; its supplementary groups are
+   * not known here). Leaves the file's statx in `this.stx`. 0 or -errno.
+   */
+  killSuidgid(fd: number): number {
+    let r = statx(fd, EMPTY_NAME, AT_EMPTY_PATH, STATX_MASK, this.stx);
+    if (r < 0) return r;
+    const mode = u16(this.stx, STX.mode);
+    if ((mode & S_IFMT) !== S_IFREG || (mode & (S_ISUID | S_ISGID)) === 0) return 0;
+    let kill = mode & S_ISUID;
+    if ((mode & S_ISGID) !== 0 && ((mode & 0o010) !== 0 || this.hostGid(this.req.gid) !== u32(this.stx, STX.gid))) kill |= S_ISGID;
+    if (kill === 0) return 0;
+    r = fchmod(fd, mode & 0o7777 & ~kill);
+    return r < 0 ? r : 0;
   }
 
   private restoreIds(groups: boolean): void {

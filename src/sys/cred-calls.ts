@@ -1,4 +1,4 @@
-// Per-thread credentials and the process umask. glibc's setresuid/setresgid broadcast
+// Per-thread credentials, the process umask and the thread's own fs_struct. glibc's setresuid/setresgid broadcast
 // the change to every thread of the process (POSIX semantics through a signal), but the
 // kernel's credentials are per thread: the FUSE core runs a request as its caller on the
 // device thread alone by calling the raw syscalls. Same return convention as
@@ -9,6 +9,8 @@ import { libc } from './libc.js';
 const syscall3 = libc.func('syscall', 'long', ['long', 'long', 'long', 'long']);
 const syscallPtr = libc.func('syscall', 'long', ['long', 'long', 'void *', 'long']);
 const umaskRaw = libc.func('unsigned int umask(unsigned int mask)');
+const unshareRaw = libc.func('int unshare(int flags)');
+const CLONE_FS = 0x200;
 
 const NR: Record<string, { setresuid: number; setresgid: number; setgroups: number }> = {
   x64: { setresuid: 117, setresgid: 119, setgroups: 116 },
@@ -45,4 +47,15 @@ export function setgroupsThread(n: number, gids: Buffer): number {
 /** Set the process-wide umask (process.umask() cannot set it from a worker thread). */
 export function setUmask(mask: number): number {
   return umaskRaw(mask);
+}
+
+/**
+ * Give the calling thread its own umask (and cwd and root, copied as they are): the umask
+ * is per fs_struct, which every thread shares until one unshares it. --posix-acl sets the
+ * request's umask around each creation on the serving thread; with its own copy, the libuv
+ * pool threads keep umask 0 meanwhile. Call after the sandbox's chroot/pivot_root (a copy
+ * taken before a chroot would keep the old root on one side).
+ */
+export function unshareFsThread(): number {
+  return unshareRaw(CLONE_FS) < 0 ? -koffi.errno() : 0;
 }

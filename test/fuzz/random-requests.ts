@@ -14,7 +14,7 @@
 import {
   AccessIn, BatchForgetIn, CopyFileRangeIn, CreateIn, ENTRY_OUT_SIZE, EntryOutHead, FATTR, FallocateIn, FlushIn,
   ForgetIn, ForgetOne, FsyncIn, GetattrIn, GetxattrIn, InitIn, InterruptIn, LinkIn, LseekIn, MkdirIn, MknodIn, Op,
-  OpenIn, OpenOut, ReadIn, ReleaseIn, Rename2In, RenameIn, SetattrIn, SetxattrIn, SyncfsIn, WriteIn, opName,
+  OpenIn, OpenOut, ReadIn, ReleaseIn, Rename2In, RenameIn, SetattrIn, SetxattrIn, SETXATTR_IN_COMPAT_SIZE, SyncfsIn, WriteIn, opName,
   Attr, type FieldType, type Struct, type StructValue,
 } from '../../src/fs/fuse-abi.js';
 import { HIPRIO, REQUEST } from '../frontend/virtio-fs.js';
@@ -499,7 +499,7 @@ export class RandomRequests {
     switch (rng.int(4)) {
       case 0: {
         const value = rng.chance(0.15) ? Buffer.from([2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff]) : rng.bytes(rng.chance(0.9) ? rng.int(100) : rng.int(66000));
-        const args = [this.s(SetxattrIn, { size: value.length, flags: rng.chance(0.8) ? rng.int(3) : rng.u32() }), this.xname(), value];
+        const args = [this.s(SetxattrIn, { size: value.length, flags: rng.chance(0.8) ? rng.int(3) : rng.u32() }).subarray(0, SETXATTR_IN_COMPAT_SIZE), this.xname(), value];
         this.fields.push(`value=${value.length}`);
         return { op: Op.SETXATTR, nodeid, args, bulkFrom: args[0].length + args[1].length, replyBody: 0, expect: { exact: 0 } };
       }

@@ -17,7 +17,7 @@ import {
   AccessIn, Attr, BatchForgetIn, CopyFileRangeIn, CreateIn, Dirent, DIRENTPLUS_HEAD_SIZE, ENTRY_OUT_SIZE,
   EntryOutHead, FallocateIn, FlushIn, ForgetIn, ForgetOne, FsyncIn, GetattrIn, GetxattrIn, InitIn, InterruptIn,
   LinkIn, LseekIn, MkdirIn, MknodIn, Op, OpenIn, OpenOut, OutHeader, ReadIn, ReleaseIn, Rename2In, RenameIn,
-  SetattrIn, SetxattrIn, SyncfsIn, WriteIn, WriteOut, direntAlign, fixedArgSize, opName,
+  SetattrIn, SetxattrIn, SETXATTR_IN_COMPAT_SIZE, SyncfsIn, WriteIn, WriteOut, direntAlign, fixedArgSize, opName,
 } from '../../src/fs/fuse-abi.js';
 import { cstr, request, struct } from '../fs-helpers.js';
 import { PickSet, Rng } from './prng.js';
@@ -600,7 +600,7 @@ export class StatefulFuzzer {
         const value = rng.bytes(rng.chance(0.9) ? rng.int(64) : rng.int(70000));
         const size = rng.chance(0.9) ? value.length : rng.pick([value.length + 1, 0xffffffff]);
         return {
-          op: Op.SETXATTR, parts: [struct(SetxattrIn, { size, flags: rng.int(4) }), this.xname(), value], nodeid, note: `setxattr ${size}`,
+          op: Op.SETXATTR, parts: [struct(SetxattrIn, { size, flags: rng.int(4) }).subarray(0, SETXATTR_IN_COMPAT_SIZE), this.xname(), value], nodeid, note: `setxattr ${size}`,
         };
       }
       case 1:
