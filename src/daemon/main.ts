@@ -138,15 +138,14 @@ async function run(argv: string[]): Promise<number> {
     }
   }
   log.info(`inodes: ${cfg.fs.inodeFileHandles === 'never' ? 'O_PATH fds' : 'file handles'}, RLIMIT_NOFILE ${cfg.fs.fdLimit}`);
-  if (cfg.fs.posixAcl) {
-    // --posix-acl sets each creation's umask on this thread: first umask 0 for every thread
-    // (as createFuseServer would), then a copy of the fs_struct for this one, so that the
-    // libuv pool never runs under a guest's umask. After the sandbox: a chroot acts on the
-    // fs_struct, which must still be the shared one then.
-    setUmask(0);
-    const r = unshareFsThread();
-    if (r < 0) throw new Error(`--posix-acl: unshare(CLONE_FS) of the serving thread failed (errno ${-r})`);
-  }
+  // With DONT_MASK agreed (--posix-acl, or a migrated session that had it) each creation
+  // sets the request's umask on this thread: first umask 0 for every thread (as
+  // createFuseServer would), then a copy of the fs_struct for this one, so that the libuv
+  // pool never runs under a guest's umask. After the sandbox: a chroot acts on the
+  // fs_struct, which must still be the shared one then.
+  setUmask(0);
+  const unshared = unshareFsThread();
+  if (unshared < 0) throw new Error(`unshare(CLONE_FS) of the serving thread failed (errno ${-unshared}); the daemon needs a umask of its own for --posix-acl`);
   installFilter(seccomp.mode, seccomp.program, seccomp.from);
   if (forbidden !== undefined) forbidden();
 

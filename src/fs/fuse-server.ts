@@ -125,6 +125,14 @@ function offeredFlags(opts: FsOptions): number {
  */
 const ACL_FLAGS = InitFlag.POSIX_ACL | InitFlag.DONT_MASK | InitFlag.SETXATTR_EXT;
 
+/** What the agreed INIT flags switch on in the core (at INIT, or restored by a migration). */
+function agree(s: FsState, flags: number): void {
+  s.writeback = (flags & InitFlag.WRITEBACK_CACHE) !== 0;
+  s.submounts = (flags & InitFlag.SUBMOUNTS) !== 0;
+  s.posixAcl = (flags & ACL_FLAGS) === ACL_FLAGS;
+  s.killprivV2 = (flags & InitFlag.HANDLE_KILLPRIV_V2) !== 0;
+}
+
 /**
  * flags2 bits we offer (with INIT_EXT) when the client does. CREATE_SUPP_GROUP always, as
  * virtiofsd: the client then sends the parent's group with a create when the caller is in
@@ -177,8 +185,7 @@ class FuseServer implements FuseSession {
         if (extra !== 0) s.log.warn(`migration: the source agreed INIT flags 0x${extra.toString(16)} this daemon does not offer with its options`);
         this.agreedFlags = f;
         s.initFlags2 = state.session.flags2;
-        s.writeback = (f & InitFlag.WRITEBACK_CACHE) !== 0;
-        s.submounts = (f & InitFlag.SUBMOUNTS) !== 0;
+        agree(s, f);
         this.initialized = true;
         this.destroyed = false;
       }
@@ -304,10 +311,7 @@ class FuseServer implements FuseSession {
     const flags = ((clientFlags & offeredFlags(s.opts)) | (ext ? InitFlag.INIT_EXT : 0)) >>> 0;
     s.initFlags2 = flags2;
     this.agreedFlags = flags;
-    s.writeback = (flags & InitFlag.WRITEBACK_CACHE) !== 0;
-    s.submounts = (flags & InitFlag.SUBMOUNTS) !== 0;
-    s.posixAcl = (flags & ACL_FLAGS) === ACL_FLAGS;
-    s.killprivV2 = (flags & InitFlag.HANDLE_KILLPRIV_V2) !== 0;
+    agree(s, flags);
     const maxWrite = Math.max(4096, this.cfg.maxWrite);
     const out = s.reply.out;
     InitOut.encode(out, 16, {});
@@ -375,7 +379,8 @@ export function fuseServerFdCount(session: FuseSession): number {
  * the result again (process.umask() cannot be set from a worker thread, hence the libc
  * call). With --posix-acl the client sends the umask instead and each creation sets it
  * around its call (FsState.asCreator): the daemon gives the serving thread its own umask
- * first (unshareFsThread, in daemon/main.ts), so other threads never see one. Also drops the calling thread's supplementary groups, so call
+ * first (unshareFsThread, in daemon/main.ts), so other threads never see one (also when a
+ * migration brings a session that agreed DONT_MASK to a daemon started without --posix-acl). Also drops the calling thread's supplementary groups, so call
  * it on the thread that runs handle().
  */
 export function createFuseServer(cfg: FuseServerConfig): FuseSession {

@@ -58,7 +58,7 @@ bind('cred-calls', 'setresgidThread', 'serving', 'setresgid');
 bind('cred-calls', 'clearGroupsThread', 'serving', 'setgroups');
 bind('cred-calls', 'setgroupsThread', 'serving', 'setgroups');
 bind('cred-calls', 'setUmask', 'serving', 'umask');
-bind('cred-calls', 'unshareFsThread', 'setup', [{ name: 'unshare', args: [0x200n] }], 'CLONE_FS only, before the filter (--posix-acl: a umask of the serving thread alone)');
+bind('cred-calls', 'unshareFsThread', 'setup', [{ name: 'unshare', args: [0x200n] }], 'CLONE_FS only, before the filter (the serving thread\'s own umask, for --posix-acl)');
 
 // event-calls
 bind('event-calls', 'eventfd', 'setup', 'eventfd2', 'the stop eventfd is made before the sandbox; kick/call eventfds come from the frontend');
