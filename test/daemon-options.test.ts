@@ -172,3 +172,24 @@ test('bad -o values are refused naming the key and the accepted values', (t) => 
     t.regex(e?.message ?? '', re, list);
   }
 });
+
+test('--translate-uid/gid: repeatable, virtiofsd\'s separators and case, forbid-guest with two numbers', (t) => {
+  const cfg = parseDaemonArgs(['--shared-dir', '/srv', '--socket-path', '/s', '--translate-uid', 'MAP/1000/0/1', '--translate-uid=guest:0:1000:1',
+    '--translate-gid', 'forbid-guest,5,3', '--translate-gid', 'squash-host:100:7:50']);
+  t.deepEqual(cfg.fs.translateUid.map((r) => [r.kind, r.base, r.target, r.count]), [['map', 1000, 0, 1], ['guest', 0, 1000, 1]]);
+  t.deepEqual(cfg.fs.translateGid.map((r) => [r.kind, r.base, r.count]), [['forbid-guest', 5, 3], ['squash-host', 100, 50]]);
+  // map's host side and a host rule overlap in the host-to-guest direction.
+  const e = t.throws(() => parseDaemonArgs(['--shared-dir', '/srv', '--socket-path', '/s', '--translate-uid', 'map:0:1000:10', '--translate-uid', 'host:1005:0:1']), { instanceOf: UsageError });
+  t.regex(e?.message ?? '', /^--translate-uid: 'host:1005:0:1': its host-to-guest range overlaps that of 'map:0:1000:10'; make the ranges disjoint$/);
+  const mixed = t.throws(() => parseDaemonArgs(['--shared-dir', '/srv', '--socket-path', '/s', '--translate-uid', 'guest:1:2/3']), { instanceOf: UsageError });
+  t.regex(mixed?.message ?? '', /expected 3 numbers/);
+});
+
+test('--announce-submounts is the default; --no-announce-submounts turns it off; both at once are refused', (t) => {
+  const base = ['--shared-dir', '/srv', '--socket-path', '/s'];
+  t.true(parseDaemonArgs(base).fs.announceSubmounts);
+  t.false(parseDaemonArgs([...base, '--no-announce-submounts']).fs.announceSubmounts);
+  t.throws(() => parseDaemonArgs([...base, '--no-announce-submounts', '--announce-submounts']), { message: /contradict/ });
+  t.true(parseDaemonArgs([...base, '--allow-mmap', '--cache', 'never']).fs.allowMmap);
+  t.deepEqual(parseDaemonArgs([...base, '--allow-mmap', '--cache', 'never']).notes, []);
+});

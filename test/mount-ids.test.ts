@@ -4,7 +4,8 @@
 // CREATE_SUPP_GROUP (a caller whose access to the parent comes only through a
 // supplementary group creates in it, and keeps the setgid bit in a setgid directory of
 // that group), and --allow-mmap with --cache never (shared mmap works, and is refused
-// without it). The host kernel (6.18) speaks FUSE 7.45, so both flags2 bits are agreed.
+// without it), and --inode-file-handles=mandatory end to end. The host kernel (6.18)
+// speaks FUSE 7.45, so both flags2 bits are agreed.
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -129,4 +130,50 @@ test('--allow-mmap with --cache never: MAP_SHARED works and reaches the host; re
   t.is(fs.readFileSync(path.join(withIt.shared, 'm')).subarray(0, 5).toString(), 'hello');
   const without = await mountFor(t, [...SANDBOXED, '--cache', 'never']);
   t.is(py(MMAP, [path.join(without.mnt, 'm')]).stdout.trim(), 'ERR ENODEV');
+});
+
+/** Fds of the sandboxed daemon under the launcher `pid` (the process running the daemon's entry). */
+function daemonFds(launcher: number): number {
+  const queue = [launcher];
+  let most = 0;
+  while (queue.length > 0) {
+    const pid = queue.shift() as number;
+    try {
+      const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (pid !== launcher && /daemon\/main/.test(argv)) most = Math.max(most, fs.readdirSync(`/proc/${pid}/fd`).length);
+      queue.push(...fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter((x) => x !== '').map(Number));
+    } catch {
+      // gone
+    }
+  }
+  return most;
+}
+
+test('--inode-file-handles=mandatory serves a workload, with more inodes than RLIMIT_NOFILE', async (t) => {
+  const FILES = 400;
+  const LIMIT = 300;
+  const s = await mountFor(t, [...SANDBOXED, '--inode-file-handles=mandatory', '--rlimit-nofile', String(LIMIT)], (d) => {
+    fs.mkdirSync(path.join(d.shared, 'many'));
+    for (let i = 0; i < FILES; i++) fs.writeFileSync(path.join(d.shared, 'many', `f${i}`), `file ${i}`);
+  });
+  const m = (rel: string): string => path.join(s.mnt, rel);
+  fs.mkdirSync(m('dir'));
+  fs.writeFileSync(m('dir/a'), 'hello');
+  fs.renameSync(m('dir/a'), m('dir/b'));
+  fs.linkSync(m('dir/b'), m('dir/c'));
+  fs.symlinkSync('b', m('dir/l'));
+  t.is(fs.readFileSync(m('dir/l'), 'utf8'), 'hello');
+  t.is(fs.statSync(m('dir/c')).nlink, 2);
+  let total = 0;
+  for (const name of fs.readdirSync(m('many'))) total += fs.readFileSync(m(`many/${name}`)).length > 0 ? 1 : 0;
+  t.is(total, FILES);
+  // The guest still remembers every inode; the daemon keeps a handle for each, and fds
+  // only for those in use (within the limit).
+  const fds = daemonFds(s.child.pid as number);
+  t.true(fds > 0 && fds < LIMIT, `daemon fds ${fds} for ${FILES + 5} inodes`);
+  fs.unlinkSync(m('dir/c'));
+  t.deepEqual(fs.readdirSync(m('dir')).sort(), ['b', 'l']);
+  t.deepEqual(fs.readdirSync(path.join(s.shared, 'dir')).sort(), ['b', 'l']);
+  await new Promise((r) => setTimeout(r, 300));
+  t.regex(s.stderr(), /file handles/);
 });
