@@ -7,7 +7,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { constants as osConstants } from 'node:os';
-import { FUSE_EXT_GROUPS, InHeader, InitFlag, InitIn, MkdirIn, Op } from '../src/fs/fuse-abi.js';
+import { FUSE_EXT_GROUPS, InHeader, InitFlag, InitFlag2, InitIn, InitOut, MkdirIn, Op } from '../src/fs/fuse-abi.js';
 import { extensionAreaProblem } from '../src/fs/request-ext.js';
 import { cstr, makeFs, request, send, struct } from './fs-helpers.js';
 
@@ -83,7 +83,41 @@ test('without INIT_EXT negotiated an INIT still agrees no flags2', (t) => {
   try {
     const a = send(f.session, request(Op.INIT, [struct(InitIn, { major: 7, minor: 38, maxReadahead: 131072, flags: InitFlag.ASYNC_READ, flags2: 0xffffffff })]));
     t.is(a?.error, 0);
-    t.is(a?.body.readUInt32LE(48), 0); // fuse_init_out.flags2
+    t.is(a?.body.readUInt32LE(InitOut.off.flags2), 0);
+  } finally {
+    f.cleanup();
+  }
+});
+
+test('INIT: ASYNC_DIO and SUBMOUNTS offered by default, CREATE_SUPP_GROUP always with INIT_EXT, DIRECT_IO_ALLOW_MMAP only with --allow-mmap', (t) => {
+  const agreed = (opts: Parameters<typeof makeFs>[0]): [number, number] => {
+    const f = makeFs(opts);
+    try {
+      const a = send(f.session, request(Op.INIT, [struct(InitIn, { major: 7, minor: 38, maxReadahead: 131072, flags: 0xffffffff, flags2: 0xffffffff })]));
+      if (a === null || a.error !== 0) throw new Error('INIT failed');
+      return [a.body.readUInt32LE(InitOut.off.flags), a.body.readUInt32LE(InitOut.off.flags2)];
+    } finally {
+      f.cleanup();
+    }
+  };
+  const [flags, flags2] = agreed({});
+  t.not(flags & InitFlag.ASYNC_DIO, 0);
+  t.not(flags & InitFlag.SUBMOUNTS, 0);
+  t.is(flags2 & (InitFlag2.CREATE_SUPP_GROUP | InitFlag2.DIRECT_IO_ALLOW_MMAP), InitFlag2.CREATE_SUPP_GROUP);
+  t.is(agreed({ announceSubmounts: false })[0] & InitFlag.SUBMOUNTS, 0);
+  t.not(agreed({ allowMmap: true })[1] & InitFlag2.DIRECT_IO_ALLOW_MMAP, 0);
+});
+
+test('a fuse_supp_groups record whose nr_groups disagrees with its length is EINVAL', (t) => {
+  const f = makeFs();
+  try {
+    initExt(f.session, InitFlag2.CREATE_SUPP_GROUP);
+    const lying = Buffer.alloc(8);
+    lying.writeUInt32LE(5, 0);
+    t.is(send(f.session, mkdirWithExt('lying', record(FUSE_EXT_GROUPS, lying)))?.error, -E.EINVAL);
+    t.false(fs.existsSync(path.join(f.dir, 'lying')));
+    const two = groups(0, 0);
+    t.is(send(f.session, mkdirWithExt('two', record(FUSE_EXT_GROUPS, two)))?.error, 0);
   } finally {
     f.cleanup();
   }
