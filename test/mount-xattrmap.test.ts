@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { makeDirs, mountFor, pyJson, run, runServerSync, serverCommand } from './mount-helpers.js';
 import { isMountPoint } from '../src/fuse-dev/mount.js';
+import { InitFlag2 } from '../src/fs/fuse-abi.js';
 
 const SANDBOX = ['--sandbox', 'namespace', '--seccomp', 'kill'];
 
@@ -147,7 +148,10 @@ out["setxattr"] = E(lambda: os.setxattr(p("file"), "user.k", b"v"))
 print(json.dumps(out))`, [s.mnt]);
   t.deepEqual(out, { create: 'OK', mkdir: 'OK', 'mknod fifo': 'OK', symlink: 'OK', tmpfile: 'OK', setxattr: 'OK' });
   await s.stop();
-  t.regex(s.stderr(), /INIT: client 7\.\d+ flags 0x[0-9a-f]+\/0x[0-9a-f]+, agreed 0x[0-9a-f]+\/0x1,/, 'flags2 agreed: SECURITY_CTX');
+  const agreed = /INIT: client 7\.\d+ flags 0x[0-9a-f]+\/0x[0-9a-f]+, agreed 0x[0-9a-f]+\/0x([0-9a-f]+),/.exec(s.stderr());
+  t.truthy(agreed, 'the INIT debug line');
+  // Other flags2 bits (CREATE_SUPP_GROUP) are agreed by default; SECURITY_CTX only with the option.
+  t.is(Number.parseInt(agreed?.[1] ?? '0', 16) & InitFlag2.SECURITY_CTX, InitFlag2.SECURITY_CTX, 'flags2 agreed: SECURITY_CTX');
   t.deepEqual(attrs(path.join(s.shared, 'file')), { 'user.k': 'v' }, 'no label was stored (none was sent)');
   t.true(fs.lstatSync(path.join(s.shared, 'sl')).isSymbolicLink());
   t.notRegex(s.stderr(), /malformed/);
