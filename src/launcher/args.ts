@@ -93,7 +93,7 @@ export function parseLaunchArgs(argv: readonly string[]): LaunchPlan {
   // Say the sandbox settings explicitly (same values: never a conflict), so `ps` shows them.
   daemonArgs.push('--sandbox', first.sandbox, '--seccomp', first.seccomp);
   plan.config = parseDaemonArgs(daemonArgs);
-  for (const [name, v] of [['seccomp-bpf-fd', plan.config.seccompBpfFd], ['listening-fd', plan.config.listeningFd]] as const) {
+  for (const [name, v] of [['seccomp-bpf-fd', plan.config.seccompBpfFd], ['listening-fd', plan.config.listeningFd], ['pid-file-fd', plan.config.pidFileFd]] as const) {
     if (v !== undefined) throw new UsageError(`--${name}: set by vfs-launch itself; remove it`);
   }
   plan.daemonArgs = daemonArgs;
