@@ -67,7 +67,8 @@ test('--translate-uid/gid: the mount shows guest ids, creates and chowns land as
   t.is(owner(h('host-5000')), '1005:1006');
   t.is(owner(m('host-5000')), '2005:2006');
   // (The server's stderr is read by this process's event loop: let it run.)
-  await new Promise((r) => setTimeout(r, 300));
+  const deadline = Date.now() + 15_000;
+  while (!/forbid-guest rule of --translate-uid covers it/.test(s.stderr()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   t.regex(s.stderr(), /forbid-guest rule of --translate-uid covers it/);
 });
 
@@ -174,6 +175,7 @@ test('--inode-file-handles=mandatory serves a workload, with more inodes than RL
   fs.unlinkSync(m('dir/c'));
   t.deepEqual(fs.readdirSync(m('dir')).sort(), ['b', 'l']);
   t.deepEqual(fs.readdirSync(path.join(s.shared, 'dir')).sort(), ['b', 'l']);
-  await new Promise((r) => setTimeout(r, 300));
+  const deadline = Date.now() + 15_000;
+  while (!/file handles/.test(s.stderr()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   t.regex(s.stderr(), /file handles/);
 });
