@@ -233,7 +233,7 @@ function domainXml(o: { name: string; kernel: string; initrd: string; consoleFil
     <type arch='x86_64'>hvm</type>
     <kernel>${o.kernel}</kernel>
     <initrd>${o.initrd}</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1 vfs.tag=share</cmdline>
+    <cmdline>console=ttyS0 quiet panic=-1 no_timer_check vfs.tag=share</cmdline>
   </os>
   <features><acpi/></features>
   <memoryBacking>

@@ -61,7 +61,7 @@ export async function startQemu(work: { host: string; inner: string }, name: str
 }): Promise<Qemu> {
   const args = qemuArgs({
     socketPath: o.socket, kernel: o.kernel, initrd: o.initrd, memMiB: o.memMiB ?? 256, queueSize: 1024, tag: 'myfs',
-    append: 'console=ttyS0 quiet panic=-1 vfs.tag=myfs',
+    append: 'console=ttyS0 quiet panic=-1 no_timer_check vfs.tag=myfs',
   });
   args.push('-qmp', `unix:${work.inner}/${name}.qmp,server=on,wait=off`);
   if (o.incoming !== undefined) args.push('-incoming', o.incoming);
