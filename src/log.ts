@@ -26,6 +26,11 @@ export function setLogLevel(level: LogLevel): void {
   threshold = ORDER[level];
 }
 
+/** The level set last (a queue thread starts at its owner's). */
+export function logLevel(): LogLevel {
+  return LOG_LEVELS[threshold] as LogLevel;
+}
+
 export function setLogSink(fn: (line: string) => void): void {
   sink = fn;
 }

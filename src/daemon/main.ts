@@ -24,6 +24,8 @@ import { sigbusGuard, lastGuardError } from '../sys/sigbus-guard.js';
 import { capabilitiesDocument } from './capabilities.js';
 import { watchStopSignals } from './stop-signals.js';
 import { threadsStarted } from './threads.js';
+import { QueueThreads } from '../vhost/queue-threads.js';
+import { MAX_WRITE } from '../vhost/device.js';
 import { serve } from './serve.js';
 import type { Transport } from './serve.js';
 
@@ -120,11 +122,16 @@ async function run(argv: string[]): Promise<number> {
   // The SIGBUS guard for guest memory (sys/sigbus-guard.ts), before the sandbox and the filter.
   if (sigbusGuard() === undefined) log.debug(`no SIGBUS guard: ${lastGuardError()?.message ?? 'unknown'}`);
 
+  // Queue threads load their code now, while the host's file system is still there; they
+  // drop their own capabilities below and come under the filter with every thread.
+  const queueThreads = cfg.queueThreads > 0 && transport.kind === 'vhost' ? await QueueThreads.start(cfg.queueThreads, MAX_WRITE + 8192) : undefined;
+  if (queueThreads !== undefined) log.info(`${cfg.queueThreads} queue thread(s) started: request queues 2..${cfg.queueThreads + 1} are served on threads of their own`);
   log.debug(`threads started (waited ${await threadsStarted()} ms)`);
   const sandbox = enterSandbox({ mode: cfg.sandbox, sharedDir: cfg.sharedDir });
   // rlimit, no_new_privs and the capability drop of the thread that serves (the only one
   // that ever runs our code); the other threads' bounding set was narrowed at exec (setpriv).
   dropPrivileges({ rlimitNofile: cfg.rlimitNofile, capabilities });
+  queueThreads?.dropPrivileges(capabilities);
   // The inode table keeps its fds under this limit (src/fs/inodes.ts: the fd budget).
   cfg.fs.fdLimit = Number(getrlimit(RLIMIT_NOFILE).soft);
   if (probe !== undefined) {
@@ -149,8 +156,16 @@ async function run(argv: string[]): Promise<number> {
   installFilter(seccomp.mode, seccomp.program, seccomp.from);
   if (forbidden !== undefined) forbidden();
 
-  if (stop.received() !== undefined) return 0;
-  const code = serve({ rootFd: sandbox.rootFd, procSelfFd: sandbox.procSelfFd, fs: cfg.fs, transport, stopFd: stop.fd });
+  if (stop.received() !== undefined) {
+    queueThreads?.stop();
+    return 0;
+  }
+  let code: number;
+  try {
+    code = serve({ rootFd: sandbox.rootFd, procSelfFd: sandbox.procSelfFd, fs: cfg.fs, transport, stopFd: stop.fd, queueThreads });
+  } finally {
+    queueThreads?.stop();
+  }
   // Let the event loop run the signal handler that stopped us, so its line is logged: libuv
   // reads its signal pipe in the poll phase of the next turn, after this turn's immediates.
   for (let turn = 0; turn < 3 && stop.received() === undefined; turn++) await new Promise((r) => setImmediate(r));

@@ -2,6 +2,7 @@
 // vfs-launch, which validates with this same parser before spawning anything) can stand
 // in for virtiofsd under libvirt and scripts written for it. Every rejection is a
 // UsageError whose message names the option and how to fix it.
+import { MAX_QUEUE_THREADS } from '../vhost/queue-limits.js';
 import type { CachePolicy, FsOptions } from '../fs/options.js';
 import { DEFAULT_FS_OPTIONS } from '../fs/options.js';
 import { XattrMapError, parseXattrMap } from '../fs/xattr-map.js';
@@ -42,6 +43,8 @@ export interface DaemonConfig {
   uidMap?: string;
   gidMap?: string;
   threadPoolSize?: number;
+  /** --queue-threads: request queues served on threads of their own (0: none). */
+  queueThreads: number;
   /** What accepted compatibility options change or do not change (logged at start). */
   notes: string[];
   printCapabilities: boolean;
@@ -165,6 +168,15 @@ const OPTIONS: Record<string, OptionSpec> = {
     apply: on((c) => { c.fs.posixAcl = true; }),
   },
   'no-posix-acl': { kind: 'flag', help: 'no POSIX ACLs (the default)', apply: on((c) => { c.fs.posixAcl = false; }) },
+  'queue-threads': {
+    kind: 'int',
+    help: `serve request queues 2..N+1 each on a thread of its own (0-${MAX_QUEUE_THREADS}, default 0: every queue on one thread)`,
+    apply: (c, v) => {
+      const n = Number(v);
+      if (n > MAX_QUEUE_THREADS) throw new UsageError(`--queue-threads: ${n} is more than ${MAX_QUEUE_THREADS}; use 0 to ${MAX_QUEUE_THREADS}`);
+      c.queueThreads = n;
+    },
+  },
   'thread-pool-size': { kind: 'int', help: 'accepted for compatibility; requests are served on one thread', apply: (c, v) => { c.threadPoolSize = Number(v); } },
   'print-capabilities': { kind: 'flag', help: 'print the vhost-user.json capabilities and exit', apply: on((c) => { c.printCapabilities = true; }) },
   'test-forbidden-syscall': { kind: 'flag', help: 'test hook: make a syscall the policy forbids', apply: on((c) => { c.testForbiddenSyscall = true; }) },
@@ -304,6 +316,7 @@ export function defaultDaemonConfig(): DaemonConfig {
     syslog: false,
     printCapabilities: false,
     testForbiddenSyscall: false,
+    queueThreads: 0,
   };
 }
 

@@ -5,6 +5,7 @@
 import type { FsOptions } from '../fs/options.js';
 import { createFuseServer } from '../fs/fuse-server.js';
 import { runVhostDevice } from '../vhost/device.js';
+import type { QueueThreads } from '../vhost/queue-threads.js';
 import type { FuseLoopConfig } from '../fuse-dev/fuse-loop.js';
 
 export type Transport =
@@ -18,17 +19,21 @@ export interface ServeConfig {
   transport: Transport;
   /** Readable when the daemon must stop (never read by the loops). */
   stopFd: number;
+  /** --queue-threads (vhost only). */
+  queueThreads?: QueueThreads;
 }
 
 /** Serve until done; the exit code (0 for every orderly end). */
 export function serve(c: ServeConfig): number {
-  const { rootFd, procSelfFd, fs, transport, stopFd } = c;
+  const { rootFd, procSelfFd, fs, transport, stopFd, queueThreads } = c;
   if (transport.kind === 'vhost') {
     return runVhostDevice({
       listenFd: transport.listenFd,
       stopFd,
       tag: transport.tag,
-      makeSession: (maxWrite) => createFuseServer({ rootFd, procSelfFd, options: fs, transport: 'virtio', maxWrite }),
+      queueThreads,
+      readonlyShare: fs.readonly,
+      makeSession: (maxWrite) => createFuseServer({ rootFd, procSelfFd, options: fs, transport: 'virtio', maxWrite, sharedHandles: queueThreads?.handles }),
     });
   }
   const session = createFuseServer({ rootFd, procSelfFd, options: fs, transport: 'devfuse', maxWrite: transport.maxWrite });

@@ -2,6 +2,7 @@
 // file system. handle() decodes one request, dispatches it by opcode, and encodes the
 // reply in place; it never throws (a malformed request or an unexpected failure is an
 // errno reply and one warn line). Transports (/dev/fuse, vhost-user) only move bytes.
+import type { SharedHandles } from './shared-handles.js';
 import { constants as osConstants } from 'node:os';
 import { clearGroupsThread, setUmask } from '../sys/cred-calls.js';
 import type { FsOptions } from './options.js';
@@ -27,6 +28,8 @@ export interface FuseServerConfig {
   transport: TransportKind;
   /** Bytes the transport can carry in one WRITE. */
   maxWrite: number;
+  /** Open handles published to queue threads (--queue-threads), if any. */
+  sharedHandles?: SharedHandles;
 }
 
 const E = osConstants.errno;
@@ -199,6 +202,7 @@ class FuseServer implements FuseSession {
     // Room for the largest request: a maximal WRITE or a 64 KiB xattr value, plus headers.
     const maxRequest = Math.max(cfg.maxWrite, 65536) + 8192;
     this.s = new FsState(cfg.rootFd, cfg.procSelfFd, cfg.options, maxRequest);
+    this.s.handles.shared = cfg.sharedHandles;
   }
 
   private readonly wrapIn = new Segments();

@@ -16,6 +16,7 @@ import {
   close, openat, openByHandleAt, statx,
 } from '../sys/file-calls.js';
 import { FUSE_ROOT_ID } from './fuse-abi.js';
+import type { SharedHandles } from './shared-handles.js';
 import { u16, u32 } from '../le-bytes.js';
 
 const STATX_MASK = STATX_BASIC_STATS | STATX_MNT_ID;
@@ -447,6 +448,8 @@ export class InodeTable {
 export class HandleTable {
   private readonly byFh = new Map<number, Handle>();
   private nextFh = 1;
+  /** With --queue-threads: the handles published to the threads that serve READ/WRITE. */
+  shared: SharedHandles | undefined;
 
   constructor(private readonly inodes: InodeTable) {}
 
@@ -481,6 +484,7 @@ export class HandleTable {
 
   private put(h: Handle): Handle {
     this.byFh.set(h.fh, h);
+    this.shared?.publish(h.fh, h.fd, h.inode.nodeid);
     this.inodes.handleFds++;
     // An open handle keeps its inode (a guest may FORGET a directory it still reads).
     this.inodes.pin(h.inode);
@@ -492,6 +496,8 @@ export class HandleTable {
     const h = this.byFh.get(fh);
     if (h === undefined) return false;
     this.byFh.delete(fh);
+    // No queue thread may be inside a read or write on the fd when it is closed (and reused).
+    this.shared?.withdraw(fh);
     close(h.fd);
     this.inodes.handleFds--;
     this.inodes.unpin(h.inode);

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import {
   AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_ACCMODE, O_APPEND, O_CLOEXEC, O_CREAT, O_DIRECT, O_EXCL, O_NOATIME, O_NOCTTY, O_NOFOLLOW,
   O_PATH, O_RDONLY, O_RDWR, O_TMPFILE, O_TRUNC, O_WRONLY, STX, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, close, copyFileRange, dup, fallocate as fallocateCall, fsync as fsyncCall,
-  lseek as lseekCall, openat, preadvAddr, pwritevAddr, statx, unlinkat,
+  lseek as lseekCall, openat, statx, unlinkat,
 } from '../sys/file-calls.js';
 import { errnoOf } from '../sys/libc.js';
 import {
@@ -14,10 +14,10 @@ import {
   FlushIn, FsyncIn, LseekIn, LseekOut, OpenIn, OpenOut, ReadIn, ReleaseIn, WriteIn, WriteOut,
 } from './fuse-abi.js';
 import { newNameRef, parseEntryName } from './names.js';
-import { IovecList, OUT_HEADER_SIZE } from './request.js';
+import { OUT_HEADER_SIZE } from './request.js';
+import { rangesIo } from './ranges-io.js';
 import { fdName } from './inodes.js';
 import { label, labelFd, parseCreateExtensions } from './security-label.js';
-import type { Segments } from './session.js';
 import { E, EMPTY_NAME, STATX_MASK, type FsState } from './state.js';
 import { setU32, u16 } from '../le-bytes.js';
 
@@ -25,7 +25,6 @@ const nameA = newNameRef();
 const offIn = Buffer.alloc(8);
 const offOut = Buffer.alloc(8);
 const DOT = Buffer.from('.\0');
-const iovs = new IovecList();
 
 /** Client open flags -> host open flags, per --writeback and --allow-direct-io. */
 export function hostOpenFlags(s: FsState, flags: number): number {
@@ -216,24 +215,6 @@ export function read(s: FsState): number {
   }
   s.reply.dataInPlace = true;
   return n;
-}
-
-/**
- * preadv/pwritev of the bytes [from, to) of `segs` (every range with an address) at file
- * offset `pos`, IOV_MAX ranges per call, until done or short. Returns bytes moved, or
- * -errno when the first call fails.
- */
-function rangesIo(fd: number, segs: Segments, from: number, to: number, pos: number, write: boolean): number {
-  let done = 0;
-  while (from + done < to) {
-    iovs.fill(segs, from + done, to);
-    if (iovs.count === 0) break;
-    const r = write ? pwritevAddr(fd, iovs.buf, iovs.count, pos + done) : preadvAddr(fd, iovs.buf, iovs.count, pos + done);
-    if (r < 0) return done > 0 ? done : r;
-    done += r;
-    if (r < iovs.bytes) break;
-  }
-  return done;
 }
 
 export function write(s: FsState): number {

@@ -9,7 +9,7 @@
 // after each request: the request fails with EIO, the region leaves the memory table and
 // every queue stops until the frontend restarts it, and the daemon goes on.
 import { constants as osConstants } from 'node:os';
-import { Epoll, eventfdRead, EPOLLIN, EPOLLHUP, EPOLLERR } from '../sys/event-calls.js';
+import { Epoll, eventfdRead, eventfdWrite, EPOLLIN, EPOLLHUP, EPOLLERR } from '../sys/event-calls.js';
 import { acceptConnection, closeFd } from '../sys/socket-calls.js';
 import { logger, type Logger } from '../log.js';
 import type { FuseSession } from '../fs/session.js';
@@ -20,6 +20,7 @@ import { checkTag, requestName } from './vhost-user-protocol.js';
 import { ringSizes, type SplitQueue } from './virtqueue.js';
 import { describeRegion } from './guest-memory.js';
 import { InHeader, OutHeader } from '../fs/fuse-abi.js';
+import { MAX_QUEUE_THREADS, type QueueThread, type QueueThreads } from './queue-threads.js';
 
 export interface VhostDeviceConfig {
   /** Listening AF_UNIX socket (from listenUnix or --fd). Not closed by the device. */
@@ -34,6 +35,10 @@ export interface VhostDeviceConfig {
   queueSizeMax?: number;
   /** Request queues supported besides the hiprio queue (default 16). */
   requestQueues?: number;
+  /** --queue-threads: threads that serve request queues 2.. (see queue-threads.ts). */
+  queueThreads?: QueueThreads;
+  /** --readonly: queue threads leave every WRITE to the session (which refuses it). */
+  readonlyShare?: boolean;
 }
 
 /** Largest WRITE payload we announce through the session (as virtiofsd: 1 MiB). */
@@ -61,7 +66,10 @@ const BAD_CHAIN_LOG_EVERY = 1000;
 const TOKEN_STOP = 0;
 const TOKEN_LISTEN = 1;
 const TOKEN_CONN = 2;
+const TOKEN_THREAD0 = 8; // .. TOKEN_THREAD0 + MAX_QUEUE_THREADS - 1
 const TOKEN_KICK0 = 16;
+/** The first request queue stays on this thread; thread i serves queue FIRST_THREAD_QUEUE + i. */
+const FIRST_THREAD_QUEUE = 2;
 
 class Device implements KickWatcher {
   readonly backend: VhostUserBackend;
@@ -86,6 +94,72 @@ class Device implements KickWatcher {
     );
     this.badChains = new Array<number>(numQueues).fill(0);
     this.leftover = new Array<boolean>(numQueues).fill(false);
+    this.threads = cfg.queueThreads?.threads ?? [];
+    this.readonlyShare = cfg.readonlyShare === true;
+    this.threads.forEach((th, i) => this.ep.add(th.ownerFd, TOKEN_THREAD0 + i, EPOLLIN));
+  }
+
+  private readonly threads: QueueThread[];
+  private readonly readonlyShare: boolean;
+
+  /**
+   * Take every queue back from the queue threads (before any vhost-user message: the
+   * message may change what they use), serving what they hand over until they let go.
+   */
+  reclaimAll(): void {
+    for (const th of this.threads) {
+      if (th.queue < 0) continue;
+      const q = this.backend.queues[th.queue] as SplitQueue;
+      const back = th.pause(() => this.serveForwarded(th));
+      this.serveForwarded(th);
+      const n = th.counts();
+      this.log.debug(`queue ${q.index} back from queue thread ${th.id}: ${n.served} served there, ${n.forwarded} handed over (so far)`);
+      q.adoptProgress(back);
+      if (back.callLost) q.replaceFd('callFd', -1);
+      if (back.kickLost) q.replaceFd('kickFd', -1);
+      else if (q.kickFd >= 0) this.watch(q.index, q.kickFd);
+    }
+  }
+
+  /** Hand each queue thread its ring when it runs and nothing needs this thread's eye. */
+  handOffAll(): void {
+    if (this.threads.length === 0 || this.backend.dirtyLog.enabled) return;
+    if (!this.backend.mem.protections().every((p) => p.startsWith('sealed'))) return;
+    const env = this.backend.env;
+    for (const th of this.threads) {
+      if (th.queue >= 0) continue;
+      const q = this.backend.queues[FIRST_THREAD_QUEUE + th.id];
+      if (q === undefined || !q.ready() || q.kickFd < 0 || q.addrs === undefined || this.leftover[q.index]) continue;
+      q.flush();
+      this.unwatch(q.index, q.kickFd);
+      th.serve({
+        index: q.index, size: q.size, addrs: q.addrs, kickFd: q.kickFd, callFd: q.callFd, errFd: q.errFd, eventIdx: env.eventIdx,
+        walk: env.walk, regions: this.backend.mem.share(), progress: q.progress(), readonly: this.readonlyShare,
+      });
+    }
+  }
+
+  /** The chains queue thread `i` handed over: served on the FUSE session, lengths returned. */
+  onThread(i: number): void {
+    const th = this.threads[i];
+    if (th === undefined) return;
+    th.drainOwnerFd();
+    this.serveForwarded(th);
+  }
+
+  private serveForwarded(th: QueueThread): void {
+    if (th.queue < 0) return;
+    const q = this.backend.queues[th.queue] as SplitQueue;
+    const chain = this.chain;
+    let any = false;
+    for (let head = th.ch.popForward(); head >= 0; head = th.ch.popForward()) {
+      q.walkHead(head, chain);
+      const len = chain.error === undefined ? this.serve(q, chain) : this.reject(q, chain);
+      th.ch.pushReturn(head, len);
+      any = true;
+    }
+    chain.reset(0);
+    if (any) eventfdWrite(th.wakeFd);
   }
 
   watch(queue: number, fd: number): void {
@@ -122,6 +196,8 @@ class Device implements KickWatcher {
         return { done: true, reason: r.error };
       }
       const msg = this.conn.msg;
+      // The message may change rings or memory the queue threads use: take them back first.
+      this.reclaimAll();
       this.log.trace(`${requestName(msg.request)} flags 0x${msg.flags.toString(16)} size ${msg.size} fds ${msg.fds.length}`);
       const out = this.backend.handle(msg, (request, payload) => {
         if (typeof payload === 'bigint') this.conn.replyU64(request, payload);
@@ -134,6 +210,7 @@ class Device implements KickWatcher {
       // A message may have started, enabled or re-mapped a ring with requests waiting.
       for (const q of this.backend.queues) if (q.availableCount() > 0) this.process(q);
       this.memoryFaulted(undefined, undefined);
+      this.handOffAll();
     }
   }
 
@@ -255,6 +332,7 @@ class Device implements KickWatcher {
   }
 
   close(): void {
+    this.reclaimAll();
     this.backend.close();
     this.ep.remove(this.conn.fd);
     this.conn.close();
@@ -336,6 +414,8 @@ export function runVhostDevice(cfg: VhostDeviceConfig): number {
             log.info(`${r.reason}; shutting down`);
             return 0;
           }
+        } else if (token >= TOKEN_THREAD0 && token < TOKEN_THREAD0 + MAX_QUEUE_THREADS && dev !== undefined) {
+          dev.onThread(token - TOKEN_THREAD0);
         } else if (token >= TOKEN_KICK0 && dev !== undefined) {
           try {
             dev.onKick(token - TOKEN_KICK0, ep.events(i));

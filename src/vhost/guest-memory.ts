@@ -46,6 +46,13 @@ export class GuestMemoryError extends Error {
  */
 export type RegionProtection = 'sealed' | 'sealed by the frontend' | 'SIGBUS guard' | 'unprotected';
 
+/** A mapped region described for another thread of this process (a queue thread). */
+export interface SharedRegion extends RegionSpec {
+  /** The mapping's base address (page start), as a decimal string (structured-clone safe). */
+  base: string;
+  protection: RegionProtection;
+}
+
 /** A SIGBUS the guard absorbed in guest memory: how many since the last look, where, in which region. */
 export interface MemoryFault {
   count: number;
@@ -86,7 +93,10 @@ class MappedRegion implements RegionSpec {
   readonly protection: RegionProtection;
   private readonly guard: SigbusGuard | undefined;
 
-  constructor(spec: RegionSpec, fd: number) {
+  /** False for a region adopted from another thread's table (adopt()): it is not ours to unmap. */
+  private readonly owned: boolean;
+
+  constructor(spec: RegionSpec, fd: number, adopted?: SharedRegion) {
     this.guestAddr = spec.guestAddr;
     this.size = spec.size;
     this.userAddr = spec.userAddr;
@@ -94,6 +104,18 @@ class MappedRegion implements RegionSpec {
     // mmap wants a page-aligned file offset; map from the page start and skip `delta`.
     this.delta = spec.mmapOffset % PAGE_SIZE;
     this.mapLength = spec.size + this.delta;
+    this.windows = new Array<Buffer | undefined>(Math.max(1, Math.ceil((spec.size - WINDOW_OVERLAP) / WINDOW_STEP)));
+    if (adopted !== undefined) {
+      // The same mapping, seen from a queue thread: the owner's table keeps it alive (it
+      // takes every queue back before it changes the table).
+      this.owned = false;
+      this.base = BigInt(adopted.base);
+      this.hostAddr = Number(this.base) + this.delta;
+      this.protection = adopted.protection;
+      this.guard = undefined;
+      return;
+    }
+    this.owned = true;
     // Seal before mapping: once F_SEAL_SHRINK is on, the size checked in validate() holds.
     const seal = sealShrink(fd);
     this.guard = seal.sealed ? undefined : sigbusGuard();
@@ -112,7 +134,11 @@ class MappedRegion implements RegionSpec {
       throw new GuestMemoryError(`region ${describeRegion(spec)}: cannot be guarded: ${(err as Error).message}`);
     }
     this.hostAddr = Number(this.base) + this.delta;
-    this.windows = new Array<Buffer | undefined>(Math.max(1, Math.ceil((spec.size - WINDOW_OVERLAP) / WINDOW_STEP)));
+  }
+
+  /** What another thread needs to see this mapping (adopt()). */
+  share(): SharedRegion {
+    return { guestAddr: this.guestAddr, size: this.size, userAddr: this.userAddr, mmapOffset: this.mmapOffset, base: this.base.toString(), protection: this.protection };
   }
 
   /** Whether `addr` lies in this region's mapping. */
@@ -173,6 +199,7 @@ class MappedRegion implements RegionSpec {
 
   unmap(): void {
     this.windows.fill(undefined);
+    if (!this.owned) return;
     // Out of the guard's table first: the address range may be reused by the next mmap.
     this.guard?.remove(this.base);
     munmap(this.base, this.mapLength);
@@ -203,6 +230,22 @@ export class GuestMemory {
 
   list(): readonly RegionSpec[] {
     return this.regions;
+  }
+
+  /** The table as another thread of this process can adopt it (see adopt()). */
+  share(): SharedRegion[] {
+    return this.regions.map((r) => r.share());
+  }
+
+  /**
+   * A table over mappings another GuestMemory of this process made (share()), for a queue
+   * thread: same translation and bounds checks, nothing mapped or unmapped here.
+   */
+  static adopt(shared: readonly SharedRegion[], maxRegions: number): GuestMemory {
+    const m = new GuestMemory(maxRegions);
+    m.regions = shared.map((r) => new MappedRegion(r, -1, r)).sort((a, b) => a.guestAddr - b.guestAddr);
+    m.generation++;
+    return m;
   }
 
   /** How each region of the table is protected against shrinking, in list() order. */

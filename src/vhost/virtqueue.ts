@@ -49,6 +49,15 @@ export interface QueueEnv {
   protocolFeatures: boolean;
 }
 
+/** What moves in a ring while it is served (SplitQueue.progress()). */
+export interface QueueProgress {
+  lastAvail: number;
+  usedIdx: number;
+  signalledUsed: number;
+  sinceSignal: number;
+  broken: boolean;
+}
+
 /** Force an interrupt after this many completions without one, so u16 comparisons never wrap. */
 const SIGNAL_WRAP_GUARD = 0x8000;
 
@@ -124,9 +133,44 @@ export class SplitQueue {
     this.used32 = undefined;
   }
 
+  /**
+   * A queue thread's copy of a ring (queue-worker.ts) borrows the owner's descriptors: it
+   * never closes them, it only stops using one, and reports that when handing back.
+   */
+  borrowedFds = false;
+
   replaceFd(which: 'kickFd' | 'callFd' | 'errFd', fd: number): void {
-    if (this[which] >= 0) closeFd(this[which]);
+    if (this[which] >= 0 && !this.borrowedFds) closeFd(this[which]);
     this[which] = fd;
+  }
+
+  /** The ring's moving state, to hand the queue to another thread and back (all completions flushed first). */
+  progress(): QueueProgress {
+    return { lastAvail: this.lastAvail, usedIdx: this.usedIdx, signalledUsed: this.signalledUsed, sinceSignal: this.sinceSignal, broken: this.broken };
+  }
+
+  /** Take over the moving state another thread's copy of this ring reported. */
+  adoptProgress(p: QueueProgress): void {
+    this.lastAvail = p.lastAvail & 0xffff;
+    this.usedIdx = p.usedIdx & 0xffff;
+    this.signalledUsed = p.signalledUsed & 0xffff;
+    this.sinceSignal = p.sinceSignal;
+    this.broken = p.broken;
+    this.pendingUsed = 0;
+    this.undecided = 0;
+  }
+
+  /**
+   * Walk the chain at `head` again (a queue thread popped it and hands it to the owner):
+   * the guest's descriptors are read afresh and checked as pop() checks them.
+   */
+  walkHead(head: number, chain: DescriptorChain): void {
+    if (!this.ready()) {
+      chain.reset(head);
+      chain.error = `queue ${this.index} is not ready`;
+      return;
+    }
+    walkChain(this.env.mem, this.desc as Buffer, this.size, head, this.env.walk, chain, this.descWords);
   }
 
   /** GET_VRING_BASE: stop the ring and return the index of the next available entry. */
