@@ -68,6 +68,17 @@ test.serial('--queue-threads 2: READ and WRITE on every request queue, handed-ov
   t.timeout(120_000);
   const { share, a, d, fe, ok, lookup, open, close } = await setUp(t, 2);
   t.regex(d.log(), /2 queue thread\(s\) started/);
+  // From outside: the queue threads dropped their capabilities to the main thread's sets
+  // (capabilities are per thread; Node's own threads only have the bounding set setpriv
+  // narrowed at exec), and every thread is under the seccomp filter.
+  const tasks = fs.readdirSync(`/proc/${d.pid}/task`);
+  const field = (tid: string, key: string): string =>
+    fs.readFileSync(`/proc/${d.pid}/task/${tid}/status`, 'utf8').split('\n').find((l) => l.startsWith(`${key}:`))?.split(/\s+/)[1] ?? '';
+  const mainCaps = field(String(d.pid), 'CapEff');
+  const dropped = tasks.filter((tid) => field(tid, 'CapEff') === mainCaps && field(tid, 'CapPrm') === field(String(d.pid), 'CapPrm'));
+  t.true(dropped.length >= 3, `the main thread and both queue threads have the reduced sets (${dropped.length} of ${tasks.length} threads)`);
+  for (const tid of tasks) t.is(field(tid, 'Seccomp'), '2', `thread ${tid}: under the filter`);
+  t.not(mainCaps, '000001ffffffffff', 'the main thread dropped capabilities');
   const na = lookup('a', 2); // LOOKUP on a thread's queue: handed to the device loop
   const fh = open(na, 0, 3);
   for (const q of [1, 2, 3]) {
