@@ -24,7 +24,7 @@ import { sigbusGuard, lastGuardError } from '../sys/sigbus-guard.js';
 import { capabilitiesDocument } from './capabilities.js';
 import { watchStopSignals } from './stop-signals.js';
 import { threadsStarted } from './threads.js';
-import { QueueThreads } from '../vhost/queue-threads.js';
+import { startQueueThreads } from './queue-thread-start.js';
 import { MAX_WRITE } from '../vhost/device.js';
 import { serve } from './serve.js';
 import type { Transport } from './serve.js';
@@ -124,7 +124,7 @@ async function run(argv: string[]): Promise<number> {
 
   // Queue threads load their code now, while the host's file system is still there; they
   // drop their own capabilities below and come under the filter with every thread.
-  const queueThreads = cfg.queueThreads > 0 && transport.kind === 'vhost' ? await QueueThreads.start(cfg.queueThreads, MAX_WRITE + 8192) : undefined;
+  const queueThreads = cfg.queueThreads > 0 && transport.kind === 'vhost' ? await startQueueThreads(cfg.queueThreads, MAX_WRITE + 8192) : undefined;
   if (queueThreads !== undefined) log.info(`${cfg.queueThreads} queue thread(s) started: request queues 2..${cfg.queueThreads + 1} are served on threads of their own`);
   log.debug(`threads started (waited ${await threadsStarted()} ms)`);
   const sandbox = enterSandbox({ mode: cfg.sandbox, sharedDir: cfg.sharedDir });

@@ -99,7 +99,7 @@ class Device implements KickWatcher {
     this.threads.forEach((th, i) => this.ep.add(th.ownerFd, TOKEN_THREAD0 + i, EPOLLIN));
   }
 
-  private readonly threads: QueueThread[];
+  private readonly threads: readonly QueueThread[];
   private readonly readonlyShare: boolean;
 
   /**

@@ -7,20 +7,13 @@
 // against shrinking (a SIGBUS absorbed on a queue thread could not be told from one on the
 // owner). Chains a thread hands over are served here, on the owner's FUSE session, and
 // their lengths returned. Threads are started before the sandbox and the seccomp filter
-// (loading code needs the host's file system; no thread is created under the filter).
-import fs from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
-import { eventfd, eventfdRead, eventfdWrite } from '../sys/event-calls.js';
-import { logLevel } from '../log.js';
-import { SharedHandles } from '../fs/shared-handles.js';
-import { C, Cmd, LOST_BROKEN, LOST_CALL, LOST_KICK, QueueChannel, type QueueAssignment } from './queue-channel.js';
-import type { QueueWorkerData } from './queue-worker.js';
+// (daemon/queue-thread-start.ts: loading code needs the host's file system; no thread is
+// created under the filter).
+import { eventfdRead, eventfdWrite } from '../sys/event-calls.js';
+import type { SharedHandles } from '../fs/shared-handles.js';
+import { C, Cmd, LOST_BROKEN, LOST_CALL, LOST_KICK, type QueueChannel, type QueueAssignment } from './queue-channel.js';
 
 export { MAX_QUEUE_THREADS } from './queue-limits.js';
-import { MAX_QUEUE_THREADS } from './queue-limits.js';
-const START_TIMEOUT_MS = 20_000;
 /** How long the owner waits per round for a thread's answer while it serves forwarded chains (ms). */
 const ACK_WAIT_MS = 1;
 
@@ -43,36 +36,16 @@ export interface GivenBack {
 }
 
 export class QueueThread {
-  readonly ch = new QueueChannel();
-  /** The owner writes it to wake the thread. */
-  readonly wakeFd = eventfd();
-  /** The thread writes it when it forwarded chains (in the device loop's epoll set). */
-  readonly ownerFd = eventfd();
   /** Index of the queue the thread serves now, or -1. */
   queue = -1;
   private seq = 0;
-  readonly worker: Worker;
 
-  constructor(readonly id: number, handles: SharedHandles, maxRequest: number) {
-    const data: QueueWorkerData = {
-      channel: this.ch.buffer, handles: handles.buffer, wakeFd: this.wakeFd, ownerFd: this.ownerFd, logLevel: logLevel(), maxRequest, id,
-    };
-    const entry = workerEntry();
-    this.worker = new Worker(entry.file, { workerData: data, execArgv: entry.execArgv, stdout: false, stderr: false });
-    this.worker.unref();
-  }
-
-  /** Resolve once the thread waits for commands. */
-  async ready(): Promise<void> {
-    const deadline = Date.now() + START_TIMEOUT_MS;
-    let error: Error | undefined;
-    this.worker.once('error', (err) => { error = err; });
-    while (Atomics.load(this.ch.ctl, C.READY) !== 1) {
-      if (error !== undefined) throw new QueueThreadError(`queue thread ${this.id} failed to start: ${error.message}`);
-      if (Date.now() > deadline) throw new QueueThreadError(`queue thread ${this.id} did not start within ${START_TIMEOUT_MS} ms`);
-      await new Promise((r) => setTimeout(r, 2));
-    }
-  }
+  /**
+   * `wakeFd`: the owner writes it to wake the thread; `ownerFd`: the thread writes it when
+   * it forwarded chains (in the device loop's epoll set). Made at start-up with the worker
+   * (daemon/queue-thread-start.ts), before the sandbox.
+   */
+  constructor(readonly id: number, readonly ch: QueueChannel, readonly wakeFd: number, readonly ownerFd: number) {}
 
   /**
    * Send a command and wait for its answer; `whileWaiting` runs between looks (the owner
@@ -124,19 +97,7 @@ export class QueueThread {
 }
 
 export class QueueThreads {
-  readonly handles = new SharedHandles();
-  readonly threads: QueueThread[] = [];
-
-  private constructor() {}
-
-  /** Start `n` queue threads and wait until each waits for commands. */
-  static async start(n: number, maxRequest: number): Promise<QueueThreads> {
-    if (!Number.isInteger(n) || n < 1 || n > MAX_QUEUE_THREADS) throw new QueueThreadError(`--queue-threads ${n}: 1 to ${MAX_QUEUE_THREADS}`);
-    const t = new QueueThreads();
-    for (let i = 0; i < n; i++) t.threads.push(new QueueThread(i, t.handles, maxRequest));
-    for (const th of t.threads) await th.ready();
-    return t;
-  }
+  constructor(readonly threads: readonly QueueThread[], readonly handles: SharedHandles) {}
 
   /**
    * End every thread. Needed before the process exits: a thread blocked in epoll_wait (a
@@ -155,15 +116,3 @@ export class QueueThreads {
   }
 }
 
-/**
- * The worker's code: the bundle next to the bundled daemon (dist/daemon/queue-worker.cjs),
- * else the compiled module (dist/vhost/queue-worker.js), else the source through tsx.
- */
-function workerEntry(): { file: string; execArgv: string[] } {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  const bundled = path.join(here, 'queue-worker.cjs');
-  if (fs.existsSync(bundled)) return { file: bundled, execArgv: [] };
-  const compiled = path.join(here, 'queue-worker.js');
-  if (fs.existsSync(compiled)) return { file: compiled, execArgv: [] };
-  return { file: path.join(here, 'queue-worker.ts'), execArgv: ['--import', 'tsx'] };
-}
