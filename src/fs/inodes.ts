@@ -1,7 +1,7 @@
-// The inode and handle tables of the passthrough. An inode is identified by (st_dev,
+// The inode table of the passthrough (open files: handle-table.ts). An inode is identified by (st_dev,
 // st_ino, mount id) as statx reports them, so two names of one file share a node id; the
 // client's lookup count keeps it alive until FORGET. Node ids come from a counter and are
-// never reused, so generation stays 0. Open files and directories are handles: real fds.
+// never reused, so generation stays 0.
 //
 // The fd budget. An inode may hold an O_PATH fd, but need not: the table keeps at most
 // `maxFds` fds (inode fds plus handles) and, when a new one would pass that, closes the
@@ -16,7 +16,6 @@ import {
   close, openat, openByHandleAt, statx,
 } from '../sys/file-calls.js';
 import { FUSE_ROOT_ID } from './fuse-abi.js';
-import type { SharedHandles } from './shared-handles.js';
 import { u16, u32 } from '../le-bytes.js';
 
 const STATX_MASK = STATX_BASIC_STATS | STATX_MNT_ID;
@@ -87,14 +86,6 @@ export class Inode {
     this.fd = fd;
     this.proc = undefined;
   }
-}
-
-export interface Handle {
-  readonly fh: number;
-  readonly fd: number;
-  readonly inode: Inode;
-  /** The host open flags (what a migration destination reopens it with). */
-  readonly flags: number;
 }
 
 /** The 64-bit mount id of a statx buffer (exact as a double below 2^53). */
@@ -442,69 +433,5 @@ export class InodeTable {
     const h = hashOf(ino.inoLo, ino.inoHi, ino.devMinor);
     ino.next = this.byKey.get(h) ?? null;
     this.byKey.set(h, ino);
-  }
-}
-
-export class HandleTable {
-  private readonly byFh = new Map<number, Handle>();
-  private nextFh = 1;
-  /** With --queue-threads: the handles published to the threads that serve READ/WRITE. */
-  shared: SharedHandles | undefined;
-
-  constructor(private readonly inodes: InodeTable) {}
-
-  get size(): number {
-    return this.byFh.size;
-  }
-
-  /**
-   * The handle `fh` when it was opened on node `nodeid`. The client always names a
-   * handle together with its own node; a pair that does not match comes from a confused
-   * or hostile guest, and using the handle would act on another file than the one named.
-   */
-  get(fh: number, nodeid: number): Handle | undefined {
-    const h = this.byFh.get(fh);
-    return h !== undefined && h.inode.nodeid === nodeid ? h : undefined;
-  }
-
-  add(fd: number, inode: Inode, flags = 0): Handle {
-    return this.put({ fh: this.nextFh++, fd, inode, flags });
-  }
-
-  /** Every open handle (migration). */
-  all(): Handle[] {
-    return [...this.byFh.values()];
-  }
-
-  /** Migration destination: a reopened handle under the fh the guest knows it by. */
-  restore(fh: number, fd: number, inode: Inode, flags: number): Handle {
-    this.nextFh = Math.max(this.nextFh, fh + 1);
-    return this.put({ fh, fd, inode, flags });
-  }
-
-  private put(h: Handle): Handle {
-    this.byFh.set(h.fh, h);
-    this.shared?.publish(h.fh, h.fd, h.inode.nodeid);
-    this.inodes.handleFds++;
-    // An open handle keeps its inode (a guest may FORGET a directory it still reads).
-    this.inodes.pin(h.inode);
-    return h;
-  }
-
-  /** Close and drop a handle; returns false when it did not exist. */
-  release(fh: number): boolean {
-    const h = this.byFh.get(fh);
-    if (h === undefined) return false;
-    this.byFh.delete(fh);
-    // No queue thread may be inside a read or write on the fd when it is closed (and reused).
-    this.shared?.withdraw(fh);
-    close(h.fd);
-    this.inodes.handleFds--;
-    this.inodes.unpin(h.inode);
-    return true;
-  }
-
-  clear(): void {
-    for (const fh of [...this.byFh.keys()]) this.release(fh);
   }
 }
