@@ -4,7 +4,10 @@
 // time, on a share pre-populated with files owned by root and by 1000 (setuid and setgid
 // ones among them), fifos, symlinks (absolute, dangling, looping, pointing out) and dirs
 // (sticky, owned by 1000). Each seed picks a daemon configuration (cache modes, --xattr,
-// --writeback, ...). Checked for every request: the daemon is alive (a death or a hang
+// --writeback, ... and the drop-in parity options: --posix-acl, --killpriv-v2, a kata-style
+// --xattrmap with --security-label, --translate-uid/gid, file handles), and the generator
+// speaks their request shapes (extension areas, SETXATTR_EXT, ACL values, INIT flags2; see
+// test/fuzz/parity-requests.ts). Checked for every request: the daemon is alive (a death or a hang
 // fails the seed with its number, the request that did it with all its fields, the ring
 // of the requests before it and the launcher's account of the death, which names a
 // syscall the seccomp filter refused), a request that needs a reply gets exactly one,
@@ -12,16 +15,17 @@
 // size the opcode implies) and with its own unique (the frontend checks that), and none
 // for FORGET, BATCH_FORGET, INTERRUPT and NOTIFY_REPLY; no reply carries the name or the
 // content of the canary dir beside the share. After the storm: the canary is as it was,
-// and the session still creates, writes and reads a file. By default 4 seeds x 40,000
-// requests from a fresh base seed (about 25 s here); VFS_FUZZ_SEED=<n> replays one seed,
-// VFS_FUZZ_REQUESTS=<n> sets the count per seed.
+// and the session still creates, writes and reads a file (and, with --security-label, stores
+// a label or removes the entry it could not label). By default 8 seeds (one per
+// configuration) x 20,000 requests from a fresh base seed; VFS_FUZZ_SEED=<n> replays one
+// seed, VFS_FUZZ_REQUESTS=<n> sets the count per seed.
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  CreateIn, ENTRY_OUT_SIZE, EntryOutHead, InitIn, Op, OpenOut, ReadIn, ReleaseIn, WriteIn, WriteOut, opName,
+  CreateIn, ENTRY_OUT_SIZE, EntryOutHead, InHeader, InitFlag2, InitIn, MkdirIn, Op, OpenOut, ReadIn, ReleaseIn, WriteIn, WriteOut, opName,
 } from '../src/fs/fuse-abi.js';
 import { type FuseReply } from './frontend/virtio-fs.js';
 import { cstr, request, struct } from './fs-helpers.js';
@@ -30,26 +34,47 @@ import { RandomRequests } from './fuzz/random-requests.js';
 import { connectSandboxed, lastWords } from './fuzz/sandboxed-daemon.js';
 import { snapshot } from './fuzz/stateful-fuzzer.js';
 
-const PER_SEED = Number(process.env.VFS_FUZZ_REQUESTS ?? 40000);
+const PER_SEED = Number(process.env.VFS_FUZZ_REQUESTS ?? 20000);
 const RING = 48;
 const NO_REPLY = new Set<number>([Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT, Op.NOTIFY_REPLY]);
 const XATTR_OPS = new Set<number>([Op.SETXATTR, Op.GETXATTR, Op.LISTXATTR, Op.REMOVEXATTR]);
 
+/** A kata-containers style map: trusted./security. under user.virtiofs., the host's own hidden. */
+const KATA_MAP = [
+  ':prefix:all:trusted.:user.virtiofs.:', ':prefix:all:security.:user.virtiofs.:',
+  ':bad:client:user.virtiofs.::', ':bad:server::trusted.:', ':bad:server::security.:',
+  ':unsupported:all:user.unsup.:user.unsup.:', ':ok:all:::',
+].join(' ');
+
 /**
  * The daemon configuration of a seed: every cache mode, with and without xattrs, and the
  * fd budget under a tiny RLIMIT_NOFILE (64 fds for inodes and handles: evictions and
- * reopens on every few requests) with O_PATH fds and with file handles.
+ * reopens on every few requests) with O_PATH fds and with file handles; then the parity
+ * options: ACLs with killpriv, a kata-style map with labels, id translation (every rule
+ * type but squash-host, a forbidden guest range the callers hit), and labels without a map
+ * (the host refuses security.* without CAP_SYS_ADMIN: the undo path) with ACLs and handles.
  */
 const VARIANTS: readonly string[][] = [
   ['--cache', 'auto', '--xattr', '--rlimit-nofile', '128', '--inode-file-handles=prefer'],
   ['--cache', 'never', '--rlimit-nofile', '128'],
   ['--cache', 'always', '--writeback', '--xattr'],
   ['--cache', 'metadata', '--xattr', '--announce-submounts', '--no-readdirplus', '--allow-direct-io'],
+  ['--posix-acl', '--killpriv-v2', '--cache', 'auto', '--writeback'],
+  ['--xattrmap', KATA_MAP, '--security-label', '--killpriv-v2', '--cache', 'never', '--allow-mmap'],
+  ['--translate-uid', 'guest:65534:1000:1', '--translate-uid', 'host:1000:2000:1', '--translate-uid', 'forbid-guest:1:999',
+    '--translate-gid', 'map:1000:3000:1', '--translate-gid', 'squash-guest:5000:100:1000', '--killpriv-v2', '--xattr', '--cache', 'always'],
+  ['--inode-file-handles', 'prefer', '--posix-acl', '--security-label', '--rlimit-nofile', '128', '--cache', 'metadata', '--allow-mmap'],
 ];
+/** The parity request shapes in a request's description (parity-requests.ts, random-requests.ts). */
+const SHAPES = /(bad ext|pre-6\.3 secctx|ext secctx\[none\]|ext secctx|ext groups|acl random|acl \d+ entries(?: [a-z ]+)?(?= xattr)| ext(?= \|))/;
+/** Options that turn the xattr opcodes on. */
+const XATTR_ON = ['--xattr', '--xattrmap', '--security-label', '--posix-acl'];
+/** What the first INIT asks for in flags2 (as a 6.x guest with an LSM does). */
+const INIT_FLAGS2 = InitFlag2.SECURITY_CTX | InitFlag2.CREATE_SUPP_GROUP;
 
 const replay = seedFromEnv();
 const base = replay ?? (Date.now() ^ (process.pid << 16)) >>> 0;
-const seeds = replay !== undefined ? [replay] : [0, 1, 2, 3].map((k) => (base + k) >>> 0);
+const seeds = replay !== undefined ? [replay] : VARIANTS.map((_, k) => (base + k) >>> 0);
 
 interface Share {
   parent: string;
@@ -122,6 +147,39 @@ function makeShare(): Share {
   return { parent, share, names, secret: Buffer.from(secret) };
 }
 
+/** A 6.3+ security context block: one context named security.selinux, or none (`value` null). */
+function secctxRecord(value: Buffer | null): Buffer {
+  const name = Buffer.from('security.selinux\0');
+  const body = value === null ? 0 : 8 + name.length + value.length;
+  const b = Buffer.alloc(8 + ((body + 7) & ~7));
+  b.writeUInt32LE(b.length, 0);
+  b.writeUInt32LE(value === null ? 0 : 1, 4);
+  if (value !== null) {
+    b.writeUInt32LE(value.length, 8);
+    name.copy(b, 16);
+    value.copy(b, 16 + name.length);
+  }
+  return b;
+}
+
+/** A request with `ext` appended as its extension area (6.3+: counted in total_extlen). */
+function withExt(op: number, args: Buffer[], ext: Buffer): Buffer {
+  const req = request(op, [...args, ext]);
+  req.writeUInt16LE(ext.length / 8, InHeader.off.totalExtlen);
+  return req;
+}
+
+/** An xattr of a host file as the host sees it (getfattr), or undefined. */
+function getfattr(file: string, name: string): Buffer | undefined {
+  try {
+    const out = execFileSync('getfattr', ['--absolute-names', '-e', 'hex', '-n', name, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    const hex = new RegExp(`^${name.replace(/\./g, '\\.')}=0x([0-9a-f]*)$`, 'm').exec(out)?.[1];
+    return hex === undefined ? undefined : Buffer.from(hex, 'hex');
+  } catch {
+    return undefined;
+  }
+}
+
 /** Problems with one reply, as text (empty: well-formed). */
 function replyProblems(r: FuseReply | undefined, op: number, replyLens: readonly number[], expect: { exact?: number; max?: number }): string[] {
   const room = replyLens.reduce((a, b) => a + b, 0);
@@ -141,7 +199,8 @@ function replyProblems(r: FuseReply | undefined, op: number, replyLens: readonly
 
 async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
   const variant = VARIANTS[seed % VARIANTS.length] as string[];
-  const xattr = variant.includes('--xattr');
+  const xattr = variant.some((o) => XATTR_ON.includes(o));
+  const labels = variant.includes('--security-label');
   const s = makeShare();
   t.teardown(() => fs.rmSync(s.parent, { recursive: true, force: true }));
   const before = snapshot(s.parent);
@@ -151,11 +210,15 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
     if (r === undefined || r.header.error !== 0) throw new Error(`${opName.get(op)}: ${r === undefined ? 'no reply' : `error ${r.header.error}`}`);
     return r.body;
   };
-  ok(Op.INIT, [struct(InitIn, { major: 7, minor: 38, maxReadahead: 131072, flags: 0xffffffff })], 0);
+  const initBody = (): Buffer => ok(Op.INIT, [struct(InitIn, { major: 7, minor: 38, maxReadahead: 131072, flags: 0xffffffff, flags2: INIT_FLAGS2 })], 0);
+  const first = initBody();
 
   const gen = new RandomRequests(seed, s.names);
+  gen.initReplied(first);
   const ring: string[] = [];
   const counts = new Map<string, number>();
+  /** Requests of the parity shapes and how they came back (that they reach the daemon's paths). */
+  const shapes = new Map<string, number>();
   let failure: string | undefined;
   const started = Date.now();
   let i = 0;
@@ -181,8 +244,14 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
     }
     const key = `${opName.get(req.op) ?? 'other'} ${r === undefined ? 'none' : r.header.error === 0 ? 'ok' : -r.header.error}`;
     counts.set(key, (counts.get(key) ?? 0) + 1);
+    const shape = SHAPES.exec(req.desc)?.[1];
+    if (shape !== undefined) {
+      const k = `${shape} ${r === undefined ? 'none' : r.header.error === 0 ? 'ok' : 'err'}`;
+      shapes.set(k, (shapes.get(k) ?? 0) + 1);
+    }
     if (r === undefined) gen.noReply(req);
     else if (r.header.error === 0) req.onOk?.(r.body);
+    else req.onFail?.();
   }
   const ms = Date.now() - started;
   if (failure !== undefined) {
@@ -195,10 +264,14 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
   t.true(d.alive(), 'the daemon is alive after the storm');
   t.deepEqual(snapshot(s.parent), before, 'the canary beside the share is unchanged');
 
-  // The session still serves.
-  if (gen.destroyed) ok(Op.INIT, [struct(InitIn, { major: 7, minor: 38, maxReadahead: 131072, flags: 0xffffffff })], 0);
+  // The session still serves (after an INIT of its own: the storm's last INIT may have agreed anything).
+  gen.initReplied(initBody());
+  const labelled = labels && (gen.agreedFlags2 & InitFlag2.SECURITY_CTX) !== 0;
+  t.is(labelled, labels, 'SECURITY_CTX is agreed exactly with --security-label');
+  // With labels agreed every creation carries a context block: one without a label (an LSM that has none) here.
+  const noLabel = labelled ? [secctxRecord(null)] : [];
   const fresh = `fresh-${seed}`;
-  const c = ok(Op.CREATE, [struct(CreateIn, { flags: 2 | 0o200, mode: 0o100644, umask: 0 }), cstr(fresh)]);
+  const c = ok(Op.CREATE, [struct(CreateIn, { flags: 2 | 0o200, mode: 0o100644, umask: 0 }), cstr(fresh), ...noLabel]);
   const node = EntryOutHead.decode(c, 0).nodeid;
   const fh = OpenOut.decode(c, ENTRY_OUT_SIZE).fh;
   const data = Buffer.from(`written after ${PER_SEED} random requests, seed ${seed}\n`);
@@ -206,6 +279,20 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
   t.deepEqual(ok(Op.READ, [struct(ReadIn, { fh, offset: 0n, size: 4096 })], node), data);
   ok(Op.RELEASE, [struct(ReleaseIn, { fh })], node);
   t.is(fs.readFileSync(path.join(s.share, fresh), 'utf8'), data.toString());
+  if (labelled) {
+    // A labelled MKDIR: stored (through the map) where the host allows it, else refused and the dir removed.
+    const value = Buffer.from('system_u:object_r:fresh_t:s0\0');
+    const dir = `fresh-dir-${seed}`;
+    const r = io.call([withExt(Op.MKDIR, [struct(MkdirIn, { mode: 0o755, umask: 0 }), cstr(dir)], secctxRecord(value))], [16, 256]);
+    const hostName = variant.includes('--xattrmap') ? 'user.virtiofs.security.selinux' : 'security.selinux';
+    if (r?.header.error === 0) {
+      t.deepEqual(getfattr(path.join(s.share, dir), hostName), value, `the label stored as ${hostName}`);
+    } else {
+      // The host refused the label (security.* without CAP_SYS_ADMIN): the request fails and the dir is gone.
+      t.false(fs.existsSync(path.join(s.share, dir)), `the dir whose label failed (${r?.header.error}) was removed again`);
+    }
+    t.log(`labelled MKDIR: ${r?.header.error === 0 ? `stored as ${hostName}` : `refused ${r?.header.error}, removed`}`);
+  }
   closeFrontend();
   t.is(await d.stop(), 0, `the launcher exits 0 after SIGTERM:\n${d.log().slice(-2000)}`);
 
@@ -214,6 +301,16 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
   t.log(`seed ${seed} (${variant.join(' ')}): ${i} requests in ${ms} ms, ${total} answered as expected; daemon alive throughout, ` +
     `still held ${gen.heldNodes} nodes and ${gen.heldFhs} handles at the end`);
   t.log(`successes: ${oks.join(', ')}`);
+  const warns = new Map<string, number>();
+  for (const l of d.log().split('\n')) {
+    const m = /(?:WARN|ERROR) (.*)$/.exec(l);
+    if (m !== null) {
+      const k = (m[1] as string).replace(/\d+/g, 'N').replace(/'[^']*'/g, "'…'").slice(0, 110);
+      warns.set(k, (warns.get(k) ?? 0) + 1);
+    }
+  }
+  t.log(`daemon warnings: ${[...warns.entries()].sort(([, a], [, b]) => b - a).slice(0, 12).map(([k, v]) => `${v}x ${k}`).join('\n  ')}`);
+  t.log(`parity shapes: ${[...shapes.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k} ${v}`).join(', ')}`);
 }
 
 if (process.geteuid?.() !== 0) {

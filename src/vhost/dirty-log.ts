@@ -3,7 +3,7 @@
 // used-ring entries) must be marked in a bitmap QEMU shares with us, one bit per 4 KiB of
 // guest physical memory, or the destination resumes with stale copies of them. QEMU sends
 // the bitmap's fd with SET_LOG_BASE; we set bits with atomic ORs (QEMU clears them
-// concurrently) and never touch anything past the size it gave. A write we cannot place
+// concurrently) and never touch anything past the size it gave, in a file that cannot shrink. A write we cannot place
 // (an address outside every region) is not a guest page and needs no bit.
 import fs from 'node:fs';
 import { closeFd } from '../sys/socket-calls.js';
@@ -32,7 +32,11 @@ export class DirtyLog {
       if (size <= 0 || size > MAX_VIEW_BYTES) return `log of ${size} bytes`;
       const st = fs.fstatSync(fd);
       if (st.isFile() && st.size < offset + size) return `log file of ${st.size} bytes, ${offset + size} needed`;
-      sealShrink(fd);
+      // QEMU makes the log a memfd sealed against shrinking. One that could shrink under our
+      // mapping would turn the next logged write into a SIGBUS outside guest memory, which
+      // the SIGBUS guard does not cover: refuse it.
+      const seal = sealShrink(fd);
+      if (!seal.sealed) return `the log cannot be sealed against shrinking (${seal.reason})`;
       const delta = offset % PAGE_SIZE;
       const len = size + delta;
       const base = mmapFd(len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset - delta);

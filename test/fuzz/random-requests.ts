@@ -10,15 +10,23 @@
 // hostile pool; callers 0, 1000 and 65534; xattrs; writable buffers whole, split at the out
 // header, or too small. Each request carries a description of its opcode and fields, for
 // the ring of recent requests a failure prints. The model is loose on purpose (lookup
-// counts are followed for FORGET to stay plausible, nothing is asserted from it).
+// counts are followed for FORGET to stay plausible, nothing is asserted from it), except
+// for what INIT agreed, which decides the shapes of the parity features (parity-requests.ts):
+// INIT with INIT_EXT and flags2, extension areas on CREATE/MKDIR/MKNOD/SYMLINK/TMPFILE (a
+// label when SECURITY_CTX is agreed, supplementary groups, broken areas) and now and then
+// on others, the 16-byte fuse_setxattr_in with SETXATTR_ACL_KILL_SGID once SETXATTR_EXT is
+// agreed (the 8-byte one otherwise, and sometimes the wrong one), POSIX ACL values, and
+// FUSE_OPEN_KILL_SUIDGID on OPEN and CREATE.
 import {
   AccessIn, BatchForgetIn, CopyFileRangeIn, CreateIn, ENTRY_OUT_SIZE, EntryOutHead, FATTR, FallocateIn, FlushIn,
   ForgetIn, ForgetOne, FsyncIn, GetattrIn, GetxattrIn, InitIn, InterruptIn, LinkIn, LseekIn, MkdirIn, MknodIn, Op,
   OpenIn, OpenOut, ReadIn, ReleaseIn, Rename2In, RenameIn, SetattrIn, SetxattrIn, SETXATTR_IN_COMPAT_SIZE, SyncfsIn, WriteIn, opName,
-  Attr, type FieldType, type Struct, type StructValue,
+  Attr, type FieldType, type Struct, type StructValue, FUSE_OPEN_KILL_SUIDGID, FUSE_SETXATTR_ACL_KILL_SGID, InHeader, InitFlag,
+  InitOut,
 } from '../../src/fs/fuse-abi.js';
 import { HIPRIO, REQUEST } from '../frontend/virtio-fs.js';
 import { cstr, request, struct } from '../fs-helpers.js';
+import { ParityShapes, type ExtArea } from './parity-requests.js';
 import { PickSet, Rng } from './prng.js';
 
 const U64_MAX = (1n << 64n) - 1n;
@@ -77,7 +85,14 @@ export interface RandomRequest {
   expect: { exact?: number; max?: number };
   /** Model update from a reply (error 0 only). */
   onOk?: (body: Buffer) => void;
+  /** Model update from an error reply. */
+  onFail?: () => void;
 }
+
+type Body = {
+  op: number; nodeid: bigint; args: Buffer[]; bulkFrom?: number; replyBody: number; expect: RandomRequest['expect'];
+  onOk?: (b: Buffer) => void; ext?: ExtArea;
+};
 
 interface NodeInfo {
   type: number;
@@ -104,11 +119,24 @@ export class RandomRequests {
   private readonly staleFh = new PickSet();
   private unique = 1n << 20n;
   private fields: string[] = [];
-  /** After DESTROY, until an INIT: every request but INIT gets EIO. */
+  /** After DESTROY or a refused INIT, until an INIT: every request but INIT gets EIO. */
   destroyed = false;
+  /** What the last successful INIT agreed (flags, and flags2 with INIT_EXT). */
+  agreedFlags = 0;
+  agreedFlags2 = 0;
+  private readonly parity: ParityShapes;
 
   constructor(seed: number, private readonly shareNames: readonly string[]) {
     this.rng = new Rng(seed);
+    this.parity = new ParityShapes(this.rng);
+  }
+
+  /** Take the agreement of an INIT reply (fuse_init_out). */
+  initReplied(body: Buffer): void {
+    if (body.length < 24) return;
+    const o = InitOut.decode(Buffer.concat([body, Buffer.alloc(Math.max(0, InitOut.size - body.length))]), 0);
+    this.agreedFlags = o.flags;
+    this.agreedFlags2 = (o.flags & InitFlag.INIT_EXT) !== 0 ? o.flags2 : 0;
   }
 
   // ---- loose model ----
@@ -271,8 +299,11 @@ export class RandomRequests {
     const unique = this.unique++;
     const b = this.body();
     let nodeid = b.nodeid;
-    const parts0 = Buffer.concat(b.args);
+    const ext = b.ext ?? (b.op === Op.INIT || b.op === Op.FORGET || b.op === Op.BATCH_FORGET ? undefined : this.parity.other());
+    if (ext !== undefined && ext.desc !== '') this.fields.push(ext.desc);
+    const parts0 = ext === undefined || ext.bytes.length === 0 ? Buffer.concat(b.args) : Buffer.concat([...b.args, ext.bytes]);
     const whole = request(b.op, [parts0], { nodeid, uid, gid, unique });
+    if (ext !== undefined) whole.writeUInt16LE(ext.units & 0xffff, InHeader.off.totalExtlen);
     // Readable parts: mostly one descriptor (header and arguments), sometimes the bulk data
     // (WRITE, SETXATTR) in its own, as the Linux driver sends it, or a split inside the header.
     let parts: Buffer[] = [whole];
@@ -297,8 +328,10 @@ export class RandomRequests {
     return {
       op: b.op, unique, parts, replyLens, queue, desc, expect: b.expect,
       onOk: b.op === Op.DESTROY ? () => { this.dropAll(); this.destroyed = true; }
-        : b.op === Op.INIT ? () => { if (!this.destroyed) this.dropAll(); this.destroyed = false; }
+        : b.op === Op.INIT ? (body) => { if (!this.destroyed) this.dropAll(); this.destroyed = false; this.initReplied(body); }
         : onOk,
+      // A refused INIT (EPROTO: a flag --posix-acl or --security-label needs is missing) leaves the session uninitialized.
+      onFail: b.op === Op.INIT ? () => { this.dropAll(); this.destroyed = true; } : undefined,
     };
   }
 
@@ -307,11 +340,13 @@ export class RandomRequests {
     req.onOk?.(Buffer.alloc(0));
   }
 
-  private body(): { op: number; nodeid: bigint; args: Buffer[]; bulkFrom?: number; replyBody: number; expect: RandomRequest['expect']; onOk?: (b: Buffer) => void } {
+  private body(): Body {
     const rng = this.rng;
-    const entry = (op: number, nodeid: bigint, args: Buffer[]): ReturnType<RandomRequests['body']> =>
+    const entry = (op: number, nodeid: bigint, args: Buffer[]): Body =>
       ({ op, nodeid, args, replyBody: ENTRY_OUT_SIZE, expect: { exact: ENTRY_OUT_SIZE }, onOk: (b) => this.addEntry(b) });
-    const none = (op: number, nodeid: bigint, args: Buffer[]): ReturnType<RandomRequests['body']> => ({ op, nodeid, args, replyBody: 0, expect: { exact: 0 } });
+    // A creating request carries what the kernel appends for the agreed flags2 (or a broken area).
+    const made = (op: number, nodeid: bigint, args: Buffer[]): Body => ({ ...entry(op, nodeid, args), ext: this.parity.creating(this.agreedFlags2) });
+    const none = (op: number, nodeid: bigint, args: Buffer[]): Body => ({ op, nodeid, args, replyBody: 0, expect: { exact: 0 } });
     if (this.destroyed && rng.chance(0.3)) return this.init();
     const r = rng.int(1000);
     if (r < 100) return entry(Op.LOOKUP, this.node('dir'), [this.nameArg()]);
@@ -339,14 +374,14 @@ export class RandomRequests {
     if (r < 287) {
       const target = rng.pick(['f', '../..', '/etc/shadow', 'dir/../../canary', 'x'.repeat(rng.chance(0.1) ? 5000 : 10), '']);
       this.fields.push(`target=${JSON.stringify(target.slice(0, 20))}`);
-      return entry(Op.SYMLINK, this.node('dir'), [this.nameArg(), cstr(target)]);
+      return made(Op.SYMLINK, this.node('dir'), [this.nameArg(), cstr(target)]);
     }
     if (r < 305) {
       const type = rng.pick([S_IFIFO, S_IFIFO, S_IFREG, S_IFCHR, S_IFSOCK, 0, S_IFDIR, S_IFLNK]);
       const rdev = type === S_IFCHR ? rng.pick(CHAR_DEVS) : rng.chance(0.1) ? rng.pick(CHAR_DEVS) : 0;
-      return entry(Op.MKNOD, this.node('dir'), [this.s(MknodIn, { mode: type | this.mode(), rdev, umask: rng.pick([0o022, 0, 0o777]) }), this.nameArg()]);
+      return made(Op.MKNOD, this.node('dir'), [this.s(MknodIn, { mode: type | this.mode(), rdev, umask: rng.pick([0o022, 0, 0o777]) }), this.nameArg()]);
     }
-    if (r < 325) return entry(Op.MKDIR, this.node('dir'), [this.s(MkdirIn, { mode: rng.chance(0.9) ? this.mode() : rng.u32(), umask: rng.pick([0o022, 0]) }), this.nameArg()]);
+    if (r < 325) return made(Op.MKDIR, this.node('dir'), [this.s(MkdirIn, { mode: rng.chance(0.9) ? this.mode() : rng.u32(), umask: rng.pick([0o022, 0]) }), this.nameArg()]);
     if (r < 345) return none(Op.UNLINK, this.node('dir'), [this.nameArg()]);
     if (r < 355) return none(Op.RMDIR, this.node('dir'), [this.nameArg()]);
     if (r < 370) return none(Op.RENAME, this.node('dir'), [this.s(RenameIn, { newdir: this.node('dir') }), this.nameArg(), this.nameArg()]);
@@ -357,7 +392,7 @@ export class RandomRequests {
     if (r < 400) return entry(Op.LINK, this.node('dir'), [this.s(LinkIn, { oldnodeid: this.node(rng.chance(0.5) ? 'file' : 'any') }), this.nameArg()]);
     if (r < 445) {
       const nodeid = this.node(rng.chance(0.85) ? 'file' : 'any');
-      return { op: Op.OPEN, nodeid, args: [this.s(OpenIn, { flags: this.openFlags(), openFlags: rng.chance(0.9) ? 0 : rng.u32() })], replyBody: 16, expect: { exact: 16 }, onOk: (b) => this.addFh(b, 0, nodeid, false) };
+      return { op: Op.OPEN, nodeid, args: [this.s(OpenIn, { flags: this.openFlags(), openFlags: this.openInFlags() })], replyBody: 16, expect: { exact: 16 }, onOk: (b) => this.addFh(b, 0, nodeid, false) };
     }
     if (r < 480) return this.create(Op.CREATE);
     if (r < 492) return this.create(Op.TMPFILE);
@@ -443,13 +478,23 @@ export class RandomRequests {
     return entry(Op.LOOKUP, this.node('dir'), [this.nameArg()]);
   }
 
-  private init(): ReturnType<RandomRequests['body']> {
-    if (!this.destroyed && this.rng.chance(0.3)) return { op: Op.DESTROY, nodeid: 0n, args: [], replyBody: 0, expect: { exact: 0 } };
-    const flags = this.rng.chance(0.5) ? 0xffffffff : this.rng.u32();
-    return { op: Op.INIT, nodeid: 0n, args: [this.s(InitIn, { major: 7, minor: this.rng.pick([38, 38, 31, 36, 40]), maxReadahead: 131072, flags })], replyBody: 64, expect: { max: 64 } };
+  /** fuse_open_in/fuse_create_in open_flags: mostly none, FUSE_OPEN_KILL_SUIDGID (HANDLE_KILLPRIV_V2) often, random bits now and then. */
+  private openInFlags(): number {
+    const r = this.rng.int(100);
+    return r < 70 ? 0 : r < 93 ? FUSE_OPEN_KILL_SUIDGID : this.rng.u32();
   }
 
-  private setattr(): ReturnType<RandomRequests['body']> {
+  private init(): Body {
+    if (!this.destroyed && this.rng.chance(0.3)) return { op: Op.DESTROY, nodeid: 0n, args: [], replyBody: 0, expect: { exact: 0 } };
+    const flags = this.rng.chance(0.5) ? 0xffffffff : this.rng.u32();
+    const minor = this.rng.pick([38, 38, 38, 31, 36, 40]);
+    const init = this.s(InitIn, { major: 7, minor, maxReadahead: 131072, flags, flags2: this.parity.initFlags2() });
+    // 7.36+ with INIT_EXT sends the 64-byte struct; older ones (and sometimes a liar) the first 16 bytes.
+    const short = minor < 36 || (flags & InitFlag.INIT_EXT) === 0 ? this.rng.chance(0.8) : this.rng.chance(0.05);
+    return { op: Op.INIT, nodeid: 0n, args: [short ? init.subarray(0, 16) : init], replyBody: 64, expect: { max: 64 } };
+  }
+
+  private setattr(): Body {
     const rng = this.rng;
     let valid = 0;
     if (rng.chance(0.05)) valid = rng.u32();
@@ -469,14 +514,14 @@ export class RandomRequests {
     return { op: Op.SETATTR, nodeid: node, args: [v], replyBody: 104, expect: { exact: 104 } };
   }
 
-  private create(op: number): ReturnType<RandomRequests['body']> {
+  private create(op: number): Body {
     const rng = this.rng;
     const parent = this.node('dir');
     const mode = (rng.chance(0.9) ? S_IFREG : rng.pick([S_IFIFO, S_IFCHR, S_IFDIR, 0])) | this.mode();
-    const args = [this.s(CreateIn, { flags: (this.openFlags() | (rng.chance(0.6) ? 0o100 : 0)) >>> 0, mode, umask: rng.pick([0o022, 0]), openFlags: rng.chance(0.9) ? 0 : rng.u32() })];
+    const args = [this.s(CreateIn, { flags: (this.openFlags() | (rng.chance(0.6) ? 0o100 : 0)) >>> 0, mode, umask: rng.pick([0o022, 0, 0o077]), openFlags: this.openInFlags() })];
     args.push(op === Op.TMPFILE && rng.chance(0.6) ? cstr('/') : this.nameArg());
     return {
-      op, nodeid: parent, args, replyBody: ENTRY_OUT_SIZE + 16, expect: { exact: ENTRY_OUT_SIZE + 16 },
+      op, nodeid: parent, args, replyBody: ENTRY_OUT_SIZE + 16, expect: { exact: ENTRY_OUT_SIZE + 16 }, ext: this.parity.creating(this.agreedFlags2),
       onOk: (b) => {
         this.addEntry(b);
         this.addFh(b, ENTRY_OUT_SIZE, EntryOutHead.decode(b, 0).nodeid, false);
@@ -484,7 +529,7 @@ export class RandomRequests {
     };
   }
 
-  private release(dir: boolean): ReturnType<RandomRequests['body']> {
+  private release(dir: boolean): Body {
     const { fh, node } = this.fh(dir);
     return {
       op: dir ? Op.RELEASEDIR : Op.RELEASE, nodeid: node, replyBody: 0, expect: { exact: 0 },
@@ -493,14 +538,31 @@ export class RandomRequests {
     };
   }
 
-  private xattrOp(): ReturnType<RandomRequests['body']> {
+  private xattrOp(): Body {
     const rng = this.rng;
     const nodeid = this.node(rng.pick(['file', 'dir', 'other', 'any'] as const));
     switch (rng.int(4)) {
       case 0: {
-        const value = rng.chance(0.15) ? Buffer.from([2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff]) : rng.bytes(rng.chance(0.9) ? rng.int(100) : rng.int(66000));
-        const args = [this.s(SetxattrIn, { size: value.length, flags: rng.chance(0.8) ? rng.int(3) : rng.u32() }).subarray(0, SETXATTR_IN_COMPAT_SIZE), this.xname(), value];
-        this.fields.push(`value=${value.length}`);
+        const acl = rng.chance(0.35);
+        let value: Buffer;
+        let name: Buffer;
+        if (acl) {
+          const a = this.parity.aclValue();
+          value = a.value;
+          this.fields.push(a.desc);
+          const n = rng.chance(0.7) ? 'system.posix_acl_access' : 'system.posix_acl_default';
+          this.fields.push(`xattr=${n}`);
+          name = cstr(n);
+        } else {
+          value = rng.chance(0.15) ? Buffer.from([2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff]) : rng.bytes(rng.chance(0.9) ? rng.int(100) : rng.int(66000));
+          name = this.xname();
+        }
+        // SETXATTR_EXT agreed: the 16-byte struct with setxattr_flags; else the 8-byte one (and now and then the other).
+        const ext = ((this.agreedFlags & InitFlag.SETXATTR_EXT) !== 0) !== rng.chance(0.05);
+        const setxattrFlags = rng.chance(0.6) ? 0 : rng.chance(0.8) ? FUSE_SETXATTR_ACL_KILL_SGID : rng.u32();
+        const head = this.s(SetxattrIn, { size: rng.chance(0.97) ? value.length : rng.u32(), flags: rng.chance(0.8) ? rng.int(3) : rng.u32(), ...(ext ? { setxattrFlags } : {}) });
+        const args = [ext ? head : head.subarray(0, SETXATTR_IN_COMPAT_SIZE), name, value];
+        this.fields.push(`value=${value.length}${ext ? ' ext' : ''}`);
         return { op: Op.SETXATTR, nodeid, args, bulkFrom: args[0].length + args[1].length, replyBody: 0, expect: { exact: 0 } };
       }
       case 1: {
