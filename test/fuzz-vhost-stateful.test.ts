@@ -7,8 +7,10 @@
 // which names the syscall), each request that needs a reply gets one well-formed reply
 // with its unique, the daemon's open fds (counted from outside) follow the guest's lookups
 // and handles and are back once it lets go of all, nothing beside the share changes, and the
-// session still serves. VFS_FUZZ_SEED replays a run; VFS_FUZZ_REQUESTS changes its length.
-import test from 'ava';
+// session still serves. Two configurations: --xattr, and the parity options whose replies the
+// model still predicts (a kata-style --xattrmap, --killpriv-v2, --allow-mmap, --cache never).
+// VFS_FUZZ_SEED replays a run; VFS_FUZZ_REQUESTS changes its length.
+import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
@@ -26,18 +28,36 @@ const REQUESTS = Number(process.env.VFS_FUZZ_REQUESTS ?? 20000);
 const FD_EVERY = Number(process.env.VFS_FUZZ_FD_EVERY ?? 250);
 const FORGETS = new Set<number>([Op.FORGET, Op.BATCH_FORGET]);
 
-test('stateful fuzz through vhost-user into the sandboxed daemon (--seccomp kill): it lives, replies, keeps its fds and the host', async (t) => {
-  t.timeout(5 * 60_000);
+const KATA_MAP = [
+  ':prefix:all:trusted.:user.virtiofs.:', ':prefix:all:security.:user.virtiofs.:',
+  ':bad:client:user.virtiofs.::', ':bad:server::trusted.:', ':bad:server::security.:', ':ok:all:::',
+].join(' ');
+const CONFIGS: readonly string[][] = [['--xattr'], ['--xattrmap', KATA_MAP, '--killpriv-v2', '--allow-mmap', '--cache', 'never']];
+const replay = seedFromEnv();
+// Seed base + k runs configuration k: a seed names its configuration (seed % configurations).
+const raw = (Date.now() ^ (process.pid << 16)) >>> 0;
+const base = replay ?? raw - (raw % CONFIGS.length);
+
+for (const [k, args] of CONFIGS.entries()) {
+  // A replayed seed runs in the configuration it ran in (seed % configurations).
+  const seed = replay ?? (base + k) >>> 0;
+  if (replay !== undefined && seed % CONFIGS.length !== k) continue;
+  test.serial(`stateful fuzz through vhost-user into the sandboxed daemon (--seccomp kill, ${args[0]}): it lives, replies, keeps its fds and the host`, async (t) => {
+    t.timeout(5 * 60_000);
+    await storm(t, seed, args);
+  });
+}
+
+async function storm(t: ExecutionContext, seed: number, args: string[]): Promise<void> {
   if (process.geteuid?.() !== 0) {
     t.fail('needs root: the callers 0/1000/65534 are real credential switches in the daemon');
     return;
   }
-  const seed = seedFromEnv() ?? (Date.now() ^ (process.pid << 16)) >>> 0;
-  t.log(`seed ${seed} (replay: VFS_FUZZ_SEED=${seed} npx ava test/fuzz-vhost-stateful.test.ts)`);
+  t.log(`seed ${seed}, ${args.join(' ')} (replay: VFS_FUZZ_SEED=${seed} npx ava test/fuzz-vhost-stateful.test.ts)`);
   const w = makeFuzzShare();
   t.teardown(() => fs.rmSync(w.parent, { recursive: true, force: true }));
   const before = snapshot(w.parent);
-  const { d, io, closeFrontend } = await connectSandboxed(t, w.share, ['--xattr']);
+  const { d, io, closeFrontend } = await connectSandboxed(t, w.share, args);
   const call = (op: number, parts: Buffer[], nodeid: bigint | number = 1): { error: number; body: Buffer } => {
     const r = io.call([request(op, parts, { nodeid })], [OutHeader.size, 256 * 1024]);
     if (r === undefined) throw new Error(`${op}: no reply`);
@@ -124,4 +144,4 @@ test('stateful fuzz through vhost-user into the sandboxed daemon (--seccomp kill
   const answers = [...fz.errnos.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k}: ${v}`).join(', ');
   t.log(`answers: ${answers}`);
   t.is(await d.stop(), 0, `the launcher exits 0 after SIGTERM:\n${d.log().slice(-2000)}`);
-});
+}

@@ -6,17 +6,19 @@
 // states whose inodes name files outside the share (through symlinks in it, "..", a file
 // handle of a file beside it). Checked: each fails cleanly (nack or CHECK_DEVICE_STATE
 // error, a log line), the daemon keeps serving, it holds no fd on anything outside the
-// share, and nothing beside the share changes.
+// share, and nothing beside the share changes. And a state cannot switch on what the
+// destination's own options leave off (a label the daemon would store without --security-label).
 import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Attr, GetattrIn, InitIn, Op, OutHeader } from '../src/fs/fuse-abi.js';
+import { Attr, GetattrIn, InitFlag2, InitIn, MkdirIn, Op, OutHeader } from '../src/fs/fuse-abi.js';
 import { encodeState, type MigrationState } from '../src/fs/migration-state.js';
 import { AT_FDCWD, nameToHandleAt } from '../src/sys/file-calls.js';
 import { FLAG_VERSION, FLAG_NEED_REPLY, u64 } from './frontend/vhost-user.js';
 import { memfdCreate, truncateFd, closeFd } from './frontend/sys-calls.js';
 import { pipeCloexec } from '../src/sys/event-calls.js';
-import { request, struct } from './fs-helpers.js';
+import { cstr, request, struct } from './fs-helpers.js';
+import { getfattr, secctxRecord, withExt } from './fuzz/parity-requests.js';
 import { connectSandboxed, lastWords, type SandboxedSession } from './fuzz/sandboxed-daemon.js';
 import { makeFuzzShare, snapshot } from './fuzz/stateful-fuzzer.js';
 
@@ -230,6 +232,28 @@ test.serial('SET_DEVICE_STATE_FD: garbage, a silent pipe, an endless stream and 
   init(s);
   t.is(getattr(s).error, 0, 'the session serves after all of it');
   t.deepEqual(snapshot(w.parent), before, 'nothing beside the share changed');
+  s.closeFrontend();
+  t.is(await s.d.stop(), 0, s.d.log().slice(-2000));
+});
+
+test.serial('a loaded state cannot switch on what the destination\'s options leave off: labels (SECURITY_CTX) are not stored without --security-label', async (t) => {
+  t.timeout(120_000);
+  if (!root(t)) return;
+  const w = makeFuzzShare();
+  t.teardown(() => fs.rmSync(w.parent, { recursive: true, force: true }));
+  const s = await session(t, w.share, ['--xattr']);
+  const bases = stopRings(s);
+  const flags = 0x4ae4f47b;
+  const r = loadState(s, statePipe(encodeState({ session: { flags, flags2: InitFlag2.SECURITY_CTX | InitFlag2.CREATE_SUPP_GROUP }, inodes: [], handles: [] })));
+  t.is(r.check, 0n, 'the state (an INIT agreement, no inodes) is taken');
+  t.regex(s.d.log(), /the source agreed INIT flags2 0x1 this daemon does not offer with its options; ignored/);
+  startRings(s, bases);
+  // The guest, believing SECURITY_CTX agreed, sends a label with its creation.
+  const value = Buffer.from('system_u:object_r:etc_t:s0\0');
+  const c = s.io.call([withExt(Op.MKDIR, [struct(MkdirIn, { mode: 0o755, umask: 0 }), cstr('labelled')], secctxRecord(value))], [16, 256]);
+  t.is(c?.header.error, 0, 'the creation is served (its label record parsed and skipped)');
+  t.true(fs.statSync(path.join(w.share, 'labelled')).isDirectory());
+  t.is(getfattr(path.join(w.share, 'labelled'), 'security.selinux'), undefined, 'no label stored: the daemon was not started with --security-label');
   s.closeFrontend();
   t.is(await s.d.stop(), 0, s.d.log().slice(-2000));
 });

@@ -186,8 +186,14 @@ class FuseServer implements FuseSession {
         const f = state.session.flags;
         const extra = (f & ~offeredFlags(s.opts) & ~InitFlag.INIT_EXT) >>> 0;
         if (extra !== 0) s.log.warn(`migration: the source agreed INIT flags 0x${extra.toString(16)} this daemon does not offer with its options`);
+        // flags2 bits this daemon does not offer are dropped: what they switch on here is the
+        // daemon writing (SECURITY_CTX: labels stored as xattrs), which only its own options may
+        // allow, and ignoring them keeps the protocol (the records are still parsed and skipped).
+        const f2 = state.session.flags2 >>> 0;
+        const extra2 = (f2 & ~offeredFlags2(s.opts)) >>> 0;
+        if (extra2 !== 0) s.log.warn(`migration: the source agreed INIT flags2 0x${extra2.toString(16)} this daemon does not offer with its options; ignored`);
         this.agreedFlags = f;
-        s.initFlags2 = state.session.flags2;
+        s.initFlags2 = (f2 & offeredFlags2(s.opts)) >>> 0;
         agree(s, f);
         this.initialized = true;
         this.destroyed = false;

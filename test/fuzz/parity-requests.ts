@@ -7,7 +7,9 @@
 // total_extlen past the request, random bytes); POSIX ACL values for
 // system.posix_acl_access/default, valid (as setfacl writes them) and garbage; and the
 // flags2 words an INIT may carry. Each builder says what it made, for the failure report.
-import { FUSE_EXT_GROUPS, FUSE_MAX_NR_SECCTX, InitFlag2 } from '../../src/fs/fuse-abi.js';
+import { execFileSync } from 'node:child_process';
+import { FUSE_EXT_GROUPS, FUSE_MAX_NR_SECCTX, InHeader, InitFlag2 } from '../../src/fs/fuse-abi.js';
+import { request } from '../fs-helpers.js';
 import type { Rng } from './prng.js';
 
 /** An extension area to append after a request's arguments. */
@@ -214,5 +216,38 @@ export class ParityShapes {
     if (r >= 90 && r < 95) return { value: b.subarray(0, b.length - 1 - rng.int(7)), desc: `${desc} truncated` };
     if (r >= 95) return { value: rng.bytes(rng.int(40)), desc: 'acl random bytes' };
     return { value: b, desc };
+  }
+}
+
+/** A 6.3+ security context block: one context named security.selinux, or none (`value` null). */
+export function secctxRecord(value: Buffer | null): Buffer {
+  const name = Buffer.from('security.selinux\0');
+  const body = value === null ? 0 : 8 + name.length + value.length;
+  const b = Buffer.alloc(8 + ((body + 7) & ~7));
+  b.writeUInt32LE(b.length, 0);
+  b.writeUInt32LE(value === null ? 0 : 1, 4);
+  if (value !== null) {
+    b.writeUInt32LE(value.length, 8);
+    name.copy(b, 16);
+    value.copy(b, 16 + name.length);
+  }
+  return b;
+}
+
+/** A request with `ext` appended as its extension area (6.3+: counted in total_extlen). */
+export function withExt(op: number, args: Buffer[], ext: Buffer): Buffer {
+  const req = request(op, [...args, ext]);
+  req.writeUInt16LE(ext.length / 8, InHeader.off.totalExtlen);
+  return req;
+}
+
+/** An xattr of a host file as the host sees it (getfattr), or undefined. */
+export function getfattr(file: string, name: string): Buffer | undefined {
+  try {
+    const out = execFileSync('getfattr', ['--absolute-names', '-e', 'hex', '-n', name, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    const hex = new RegExp(`^${name.replace(/\./g, '\\.')}=0x([0-9a-f]*)$`, 'm').exec(out)?.[1];
+    return hex === undefined ? undefined : Buffer.from(hex, 'hex');
+  } catch {
+    return undefined;
   }
 }
