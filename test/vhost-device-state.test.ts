@@ -8,7 +8,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import { VhostUserBackend, type DeviceStateHandler, type KickWatcher } from '../src/vhost/vhost-user-backend.js';
 import { Req, Feature, ProtocolFeature, FLAG_VERSION, FLAG_NEED_REPLY, encodeU64, type Message } from '../src/vhost/vhost-user-protocol.js';
-import { memfdCreate, ftruncate } from '../src/sys/memory-calls.js';
+import { memfdCreate, ftruncate, MFD_ALLOW_SEALING, MFD_CLOEXEC } from '../src/sys/memory-calls.js';
 import { closeFd, pipeCloexec } from '../src/sys/event-calls.js';
 import type { Logger } from '../src/log.js';
 
@@ -116,7 +116,8 @@ test('a reader that never reads does not hang the device for ever', (t) => {
 test('SET_LOG_BASE maps the dirty log; with LOG_ALL, device writes set one bit per 4 KiB page', (t) => {
   const r = rig(t, { save: () => Buffer.alloc(0), load: () => undefined });
   r.send(Req.SET_PROTOCOL_FEATURES, encodeU64(ProtocolFeature.LOG_SHMFD | ProtocolFeature.DEVICE_STATE));
-  const fd = memfdCreate('dirty-log');
+  // As QEMU makes it: a memfd that can be sealed (the backend seals it against shrinking).
+  const fd = memfdCreate('dirty-log', MFD_CLOEXEC | MFD_ALLOW_SEALING);
   ftruncate(fd, 4096);
   const log = Buffer.alloc(16);
   log.writeBigUInt64LE(64n, 0);
@@ -131,5 +132,10 @@ test('SET_LOG_BASE maps the dirty log; with LOG_ALL, device writes set one bit p
   fs.readSync(fd, bits, 0, 64, 0);
   t.is(bits.readUInt8(0), 0b0110_0000);
   t.true(bits.subarray(1).every((b) => b === 0));
+  const loose = memfdCreate('dirty-log-unsealable');
+  ftruncate(loose, 4096);
+  t.is(u64(r.send(Req.SET_LOG_BASE, log, [fs.openSync(`/proc/self/fd/${loose}`, 'r+')])[0]), 1n, 'a log that cannot be sealed is refused');
+  t.true(r.lines.some((l) => /cannot be sealed against shrinking/.test(l)));
+  closeFd(loose);
   closeFd(fd);
 });
