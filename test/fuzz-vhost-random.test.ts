@@ -53,7 +53,8 @@ const KATA_MAP = [
  * reopens on every few requests) with O_PATH fds and with file handles; then the parity
  * options: ACLs with killpriv, a kata-style map with labels, id translation (every rule
  * type but squash-host, a forbidden guest range the callers hit), and labels without a map
- * (the host refuses security.* without CAP_SYS_ADMIN: the undo path) with ACLs and handles.
+ * (security.* names as they are: stored where the host allows it, else the undo path) with
+ * ACLs and --inode-file-handles=mandatory.
  */
 const VARIANTS: readonly string[][] = [
   ['--cache', 'auto', '--xattr', '--rlimit-nofile', '128', '--inode-file-handles=prefer'],
@@ -64,7 +65,7 @@ const VARIANTS: readonly string[][] = [
   ['--xattrmap', KATA_MAP, '--security-label', '--killpriv-v2', '--cache', 'never', '--allow-mmap'],
   ['--translate-uid', 'guest:65534:1000:1', '--translate-uid', 'host:1000:2000:1', '--translate-uid', 'forbid-guest:1:999',
     '--translate-gid', 'map:1000:3000:1', '--translate-gid', 'squash-guest:5000:100:1000', '--killpriv-v2', '--xattr', '--cache', 'always'],
-  ['--inode-file-handles', 'prefer', '--posix-acl', '--security-label', '--rlimit-nofile', '128', '--cache', 'metadata', '--allow-mmap'],
+  ['--inode-file-handles', 'mandatory', '--posix-acl', '--security-label', '--rlimit-nofile', '128', '--cache', 'metadata', '--allow-mmap'],
 ];
 /** The parity request shapes in a request's description (parity-requests.ts, random-requests.ts). */
 const SHAPES = /(bad ext|pre-6\.3 secctx|ext secctx\[none\]|ext secctx|ext groups|acl random|acl \d+ entries(?: [a-z ]+)?(?= xattr)| ext(?= \|))/;
