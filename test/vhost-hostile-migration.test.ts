@@ -8,11 +8,14 @@
 // error, a log line), the daemon keeps serving, it holds no fd on anything outside the
 // share, and nothing beside the share changes. And a state cannot switch on what the
 // destination's own options leave off (a label the daemon would store without --security-label).
+// On the source side: a guest's directory tree deeper than PATH_MAX, with an inode at its
+// bottom that the daemon knows by no name, neither fails the whole save nor stalls it.
 import test, { type ExecutionContext } from 'ava';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Attr, GetattrIn, InitFlag2, InitIn, MkdirIn, Op, OutHeader } from '../src/fs/fuse-abi.js';
-import { encodeState, type MigrationState } from '../src/fs/migration-state.js';
+import { Attr, CreateIn, GetattrIn, InitFlag2, InitIn, LinkIn, MkdirIn, Op, OutHeader } from '../src/fs/fuse-abi.js';
+import { decodeState, encodeState, type MigrationState } from '../src/fs/migration-state.js';
 import { AT_FDCWD, nameToHandleAt } from '../src/sys/file-calls.js';
 import { FLAG_VERSION, FLAG_NEED_REPLY, u64 } from './frontend/vhost-user.js';
 import { memfdCreate, truncateFd, closeFd } from './frontend/sys-calls.js';
@@ -254,6 +257,98 @@ test.serial('a loaded state cannot switch on what the destination\'s options lea
   t.is(c?.header.error, 0, 'the creation is served (its label record parsed and skipped)');
   t.true(fs.statSync(path.join(w.share, 'labelled')).isDirectory());
   t.is(getfattr(path.join(w.share, 'labelled'), 'security.selinux'), undefined, 'no label stored: the daemon was not started with --security-label');
+  s.closeFrontend();
+  t.is(await s.d.stop(), 0, s.d.log().slice(-2000));
+});
+
+/** Remove a tree deeper than PATH_MAX (fs.rmSync walks it by full paths and recursion). */
+function removeDeep(dir: string): void {
+  execFileSync('rm', ['-rf', '--', dir]);
+}
+
+/** SET_DEVICE_STATE_FD (save) into a pipe; the bytes the daemon wrote and CHECK_DEVICE_STATE's u64. */
+function saveState(s: SandboxedSession): { reply: bigint; data: Buffer; check: bigint; ms: number } {
+  const [rd, wr] = pipeCloexec();
+  const p = Buffer.alloc(8); // direction 0: save, phase 0: stopped
+  const start = Date.now();
+  s.fe.vu.send(SET_DEVICE_STATE_FD, p, [wr], FLAG_VERSION | FLAG_NEED_REPLY);
+  closeFd(wr);
+  const reply = s.fe.vu.recv('SET_DEVICE_STATE_FD reply').payload.readBigUInt64LE(0);
+  const data = (reply & 0xffn) === 0n ? fs.readFileSync(rd) : Buffer.alloc(0);
+  closeFd(rd);
+  s.fe.vu.send(CHECK_DEVICE_STATE, Buffer.alloc(0), [], FLAG_VERSION);
+  const check = s.fe.vu.recv('CHECK_DEVICE_STATE reply').payload.readBigUInt64LE(0);
+  return { reply, data, check, ms: Date.now() - start };
+}
+
+/** A guest's MKDIR chain of `depth` levels named `name` below the root; the node ids, top first. */
+function mkdirChain(s: SandboxedSession, name: string, depth: number): bigint[] {
+  const nodes: bigint[] = [];
+  let parent = 1n;
+  for (let i = 0; i < depth; i++) {
+    const r = s.io.call([request(Op.MKDIR, [struct(MkdirIn, { mode: 0o755, umask: 0 }), cstr(name)], { nodeid: parent })], [16, 128]);
+    if (r === undefined || r.header.error !== 0) throw new Error(`MKDIR at depth ${i}: ${r?.header.error}`);
+    parent = r.body.readBigUInt64LE(0);
+    nodes.push(parent);
+  }
+  return nodes;
+}
+
+/** TMPFILE in `dir`, then LINK it there as `name`: an inode the daemon knows by no parent and name. */
+function linkedTmpfile(s: SandboxedSession, dir: bigint, name: string): bigint {
+  const t = s.io.call([request(Op.TMPFILE, [struct(CreateIn, { flags: 2, mode: 0o644, umask: 0 }), cstr('/')], { nodeid: dir })], [16, 144]);
+  if (t === undefined || t.header.error !== 0) throw new Error(`TMPFILE: ${t?.header.error}`);
+  const node = t.body.readBigUInt64LE(0);
+  const l = s.io.call([request(Op.LINK, [struct(LinkIn, { oldnodeid: node }), cstr(name)], { nodeid: dir })], [16, 128]);
+  if (l === undefined || l.header.error !== 0) throw new Error(`LINK: ${l?.header.error}`);
+  return node;
+}
+
+test.serial('source side: a guest\'s tree deeper than PATH_MAX neither crashes the save nor makes a state the destination refuses whole', async (t) => {
+  t.timeout(180_000);
+  if (!root(t)) return;
+  const w = makeFuzzShare();
+  t.teardown(() => removeDeep(w.parent));
+  const s = await session(t, w.share, ['--migration-on-error', 'guest-error']);
+  // 257 levels of 255-byte names: the bottom is 65,792 bytes from the root (more than the
+  // state's u16 path length); an inode there known by no name (an O_TMPFILE file linked in)
+  // has no /proc path the kernel can print, so the source searches the share for it.
+  const chain = mkdirChain(s, 'd'.repeat(255), 257);
+  linkedTmpfile(s, chain.at(-1) as bigint, 'deep');
+  const bases = stopRings(s);
+  const saved = saveState(s);
+  t.true(s.d.alive(), `the daemon lives through the save: ${s.d.alive() ? '' : await lastWords(s.d)}`);
+  t.is(saved.reply & 0xffn, 0n, `the save is accepted: ${s.d.log().split('\n').filter((l) => /migration|rror/.test(l)).join('\n')}`);
+  t.is(saved.check, 0n, 'and done');
+  t.log(`state of ${saved.data.length} bytes saved in ${saved.ms} ms`);
+  const st = decodeState(saved.data);
+  t.is(st.inodes.filter((i) => i.location.kind === 'failed').length, 1, 'the unreachable inode alone is sent as failed (the guest gets an error for it)');
+  t.is(st.inodes.filter((i) => i.location.kind === 'name').length, 257, 'the directories go by parent and name');
+  startRings(s, bases);
+  t.is(getattr(s).error, 0, 'the source serves on');
+  s.closeFrontend();
+  t.is(await s.d.stop(), 0, s.d.log().slice(-2000));
+});
+
+test.serial('source side: the search for an inode without a path is bounded in work, not quadratic in the depth of a guest\'s tree', async (t) => {
+  t.timeout(180_000);
+  if (!root(t)) return;
+  const w = makeFuzzShare();
+  t.teardown(() => removeDeep(w.parent));
+  const s = await session(t, w.share, ['--migration-on-error', 'guest-error']);
+  // 6,000 levels of one-byte names: a search that re-walks every directory's path from the
+  // root costs 18 million openat calls (15 s for 3,000 levels here before it was bounded);
+  // the inode at the bottom is past PATH_MAX anyway.
+  const chain = mkdirChain(s, 'a', 6000);
+  linkedTmpfile(s, chain.at(-1) as bigint, 'deep');
+  const bases = stopRings(s);
+  const saved = saveState(s);
+  t.true(s.d.alive());
+  t.is(saved.check, 0n);
+  t.true(saved.ms < 20_000, `the save took ${saved.ms} ms`);
+  t.log(`state of ${saved.data.length} bytes saved in ${saved.ms} ms`);
+  startRings(s, bases);
+  t.is(getattr(s).error, 0);
   s.closeFrontend();
   t.is(await s.d.stop(), 0, s.d.log().slice(-2000));
 });

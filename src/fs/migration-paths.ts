@@ -2,16 +2,20 @@
 // path is walked one component at a time from a directory fd with O_NOFOLLOW (a symlink
 // is never followed, ".." and "/" never pass splitPath), and the exhaustive search that
 // find-paths falls back on reads directories with getdents64 from the root down, not
-// descending into symlinks, bounded in the entries it looks at.
+// descending into symlinks, bounded in the work it does (entries looked at plus path
+// components walked to reopen each directory: a guest's chain of thousands of nested
+// directories would otherwise cost the square of its depth) and never below PATH_MAX (a
+// longer path cannot be sent: the destination refuses it).
 import {
   AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY, S_IFDIR, S_IFMT, STX,
   close, getdents64, openat, statx,
 } from '../sys/file-calls.js';
 import { EMPTY_NAME, STATX_MASK } from './state.js';
+import { MIGRATION_PATH_MAX } from './migration-state.js';
 import { mntIdOf } from './inodes.js';
 import { u16, u32 } from '../le-bytes.js';
 
-/** Entries the fallback search looks at before giving up on what it has not found. */
+/** Entries the fallback search looks at, plus components it walks, before giving up on what it has not found. */
 export const SEARCH_LIMIT = 1_000_000;
 const DT_DIR = 4;
 
@@ -63,6 +67,8 @@ export function findByIdentity(rootFd: number, keys: ReadonlyMap<number, Buffer>
   let seen = 0;
   while (queue.length > 0 && found.size < keys.size && seen < SEARCH_LIMIT) {
     const dir = queue.shift() as string;
+    // Reopening the directory walks its path from the root, one openat per component.
+    if (dir !== '') seen += componentCount(dir);
     const fd = dir === '' ? openat(rootFd, Buffer.from('.\0'), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : openDir(rootFd, dir);
     if (fd < 0) continue;
     try {
@@ -80,6 +86,8 @@ export function findByIdentity(rootFd: number, keys: ReadonlyMap<number, Buffer>
           if (name === '.' || name === '..') continue;
           seen++;
           const rel = dir === '' ? name : `${dir}/${name}`;
+          // Nothing at or below a path longer than a state may carry can be sent.
+          if (Buffer.byteLength(rel) > MIGRATION_PATH_MAX) continue;
           const candidates = byIno.get(`${inoHi}:${inoLo}`);
           if (candidates !== undefined) {
             for (const nodeid of candidates) {
@@ -97,6 +105,12 @@ export function findByIdentity(rootFd: number, keys: ReadonlyMap<number, Buffer>
     }
   }
   return found;
+}
+
+function componentCount(rel: string): number {
+  let n = 1;
+  for (let i = 0; i < rel.length; i++) if (rel.charCodeAt(i) === 0x2f) n++;
+  return n;
 }
 
 function openDir(rootFd: number, rel: string): number {

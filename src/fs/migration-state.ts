@@ -23,7 +23,8 @@ const HANDLE_BYTES = 8 + 8 + 4;
 const FILE_HANDLE_HEAD = 8;
 export const MAX_HANDLE_SZ = 128;
 const NAME_MAX = 255;
-const PATH_MAX = 4096;
+/** Longest path a state carries (paths are relative to the share; checked on both sides). */
+export const MIGRATION_PATH_MAX = 4096;
 /** The root's node id: never sent, always the destination's own shared directory. */
 export const ROOT_NODEID = 1;
 
@@ -88,7 +89,7 @@ export function badComponent(name: Buffer): string | undefined {
 
 /** The components of a relative path, each checked as a name; a string when it is not one. */
 export function splitPath(path: Buffer): Buffer[] | string {
-  if (path.length === 0 || path.length > PATH_MAX) return `path of ${path.length} bytes (1 to ${PATH_MAX})`;
+  if (path.length === 0 || path.length > MIGRATION_PATH_MAX) return `path of ${path.length} bytes (1 to ${MIGRATION_PATH_MAX})`;
   const parts: Buffer[] = [];
   let start = 0;
   for (let i = 0; i <= path.length; i++) {
