@@ -30,6 +30,7 @@ import {
 import { type FuseReply } from './frontend/virtio-fs.js';
 import { cstr, request, struct } from './fs-helpers.js';
 import { seedFromEnv } from './fuzz/prng.js';
+import { enableDeviceState, loadDeviceState, saveDeviceState, startRings, stopRings } from './fuzz/device-state.js';
 import { getfattr, secctxRecord, withExt } from './fuzz/parity-requests.js';
 import { RandomRequests } from './fuzz/random-requests.js';
 import { connectSandboxed, lastWords } from './fuzz/sandboxed-daemon.js';
@@ -37,6 +38,8 @@ import { snapshot } from './fuzz/stateful-fuzzer.js';
 
 const PER_SEED = Number(process.env.VFS_FUZZ_REQUESTS ?? 40000);
 const RING = 48;
+/** Every so many requests the daemon migrates to itself: rings stopped, state saved and loaded back (0: never). */
+const MIGRATE_EVERY = Number(process.env.VFS_FUZZ_MIGRATE_EVERY ?? 5000);
 const NO_REPLY = new Set<number>([Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT, Op.NOTIFY_REPLY]);
 const XATTR_OPS = new Set<number>([Op.SETXATTR, Op.GETXATTR, Op.LISTXATTR, Op.REMOVEXATTR]);
 
@@ -57,15 +60,17 @@ const KATA_MAP = [
  * ACLs and --inode-file-handles=mandatory.
  */
 const VARIANTS: readonly string[][] = [
-  ['--cache', 'auto', '--xattr', '--rlimit-nofile', '128', '--inode-file-handles=prefer'],
+  ['--cache', 'auto', '--xattr', '--rlimit-nofile', '128', '--inode-file-handles=prefer', '--migration-mode', 'file-handles'],
   ['--cache', 'never', '--rlimit-nofile', '128'],
   ['--cache', 'always', '--writeback', '--xattr'],
   ['--cache', 'metadata', '--xattr', '--announce-submounts', '--no-readdirplus', '--allow-direct-io'],
-  ['--posix-acl', '--killpriv-v2', '--cache', 'auto', '--writeback'],
-  ['--xattrmap', KATA_MAP, '--security-label', '--killpriv-v2', '--cache', 'never', '--allow-mmap'],
+  ['--posix-acl', '--killpriv-v2', '--cache', 'auto', '--writeback', '--migration-confirm-paths', '--migration-verify-handles',
+    '--migration-on-error', 'guest-error'],
+  ['--xattrmap', KATA_MAP, '--security-label', '--killpriv-v2', '--cache', 'never', '--allow-mmap', '--migration-on-error', 'guest-error'],
   ['--translate-uid', 'guest:65534:1000:1', '--translate-uid', 'host:1000:2000:1', '--translate-uid', 'forbid-guest:1:999',
     '--translate-gid', 'map:1000:3000:1', '--translate-gid', 'squash-guest:5000:100:1000', '--killpriv-v2', '--xattr', '--cache', 'always'],
-  ['--inode-file-handles', 'mandatory', '--posix-acl', '--security-label', '--rlimit-nofile', '128', '--cache', 'metadata', '--allow-mmap'],
+  ['--inode-file-handles', 'mandatory', '--posix-acl', '--security-label', '--rlimit-nofile', '128', '--cache', 'metadata', '--allow-mmap',
+    '--migration-mode', 'file-handles', '--migration-on-error', 'guest-error'],
 ];
 /** The parity request shapes in a request's description (parity-requests.ts, random-requests.ts). */
 const SHAPES = /(bad ext|pre-6\.3 secctx|ext secctx\[none\]|ext secctx|ext groups|acl random|acl \d+ entries(?: [a-z ]+)?(?= xattr)| ext(?= \|))/;
@@ -173,7 +178,32 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
   const s = makeShare();
   t.teardown(() => fs.rmSync(s.parent, { recursive: true, force: true }));
   const before = snapshot(s.parent);
-  const { d, io, closeFrontend } = await connectSandboxed(t, s.share, variant);
+  const { d, fe, io, closeFrontend } = await connectSandboxed(t, s.share, variant);
+  enableDeviceState(fe);
+  const guestError = variant.includes('guest-error');
+  const migrations = { saved: 0, loaded: 0, refused: 0, bytes: 0, ms: 0 };
+  /** The daemon migrates to itself (as a destination would take the source's state); a problem, or undefined. */
+  const migrateToItself = (): string | undefined => {
+    const bases = stopRings(fe);
+    const saved = saveDeviceState(fe);
+    if (!d.alive()) return 'the daemon died saving its state';
+    if (saved.check !== 0n) return `the save failed (CHECK_DEVICE_STATE ${saved.check})`;
+    migrations.saved++;
+    migrations.bytes = Math.max(migrations.bytes, saved.data.length);
+    if (process.env.VFS_FUZZ_DUMP_STATE !== undefined) fs.writeFileSync(process.env.VFS_FUZZ_DUMP_STATE, saved.data);
+    const loaded = loadDeviceState(fe, saved.data);
+    if (!d.alive()) return 'the daemon died loading its own state';
+    // Under abort an inode the save could only send as failed fails the whole load (the tables are then empty).
+    if (loaded.check === 0n) migrations.loaded++;
+    else if (guestError) {
+      const why = d.log().split('\n').filter((l) => /migration: /.test(l)).slice(-3).join('\n');
+      return `the load of its own state failed under --migration-on-error guest-error (CHECK_DEVICE_STATE ${loaded.check}):\n${why}`;
+    }
+    else migrations.refused++;
+    migrations.ms += saved.ms + loaded.ms;
+    startRings(fe, bases);
+    return undefined;
+  };
   const ok = (op: number, parts: Buffer[], nodeid: bigint | number = 1): Buffer => {
     const r = io.call([request(op, parts, { nodeid })], [16, 256 * 1024]);
     if (r === undefined || r.header.error !== 0) throw new Error(`${opName.get(op)}: ${r === undefined ? 'no reply' : `error ${r.header.error}`}`);
@@ -192,6 +222,16 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
   const started = Date.now();
   let i = 0;
   for (; i < PER_SEED && failure === undefined; i++) {
+    if (MIGRATE_EVERY > 0 && i > 0 && i % MIGRATE_EVERY === 0) {
+      try {
+        const why = migrateToItself();
+        if (why !== undefined) failure = `migration to itself after request #${i - 1}: ${why}`;
+      } catch (err) {
+        failure = `migration to itself after request #${i - 1}: ${err instanceof Error ? err.message : String(err)}`;
+      }
+      ring.push(`#${i} (migrated to itself)`);
+      if (failure !== undefined) break;
+    }
     const req = gen.next();
     ring.push(`#${i} ${req.desc}`);
     if (ring.length > RING) ring.shift();
@@ -271,6 +311,8 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
   t.log(`seed ${seed} (${variant.join(' ')}): ${i} requests in ${ms} ms, ${total} answered as expected; daemon alive throughout, ` +
     `still held ${gen.heldNodes} nodes and ${gen.heldFhs} handles at the end`);
   t.log(`successes: ${oks.join(', ')}`);
+  t.log(`migrations to itself: ${migrations.saved} saved (up to ${migrations.bytes} bytes), ${migrations.loaded} loaded, ` +
+    `${migrations.refused} refused under abort; ${migrations.ms} ms in all`);
   const warns = new Map<string, number>();
   for (const l of d.log().split('\n')) {
     const m = /(?:WARN|ERROR) (.*)$/.exec(l);

@@ -11,6 +11,7 @@ import type { FuseSession } from '../src/fs/session.js';
 import { EntryOutHead, OpenIn, OpenOut, Op, ReadIn, WriteIn, Attr, AttrOutHead, GetattrIn, ForgetIn } from '../src/fs/fuse-abi.js';
 import { AT_FDCWD, O_CLOEXEC, O_DIRECTORY, O_PATH, close, openat } from '../src/sys/file-calls.js';
 import { makeFs, init, send, request, struct, cstr } from './fs-helpers.js';
+import { decodeState } from '../src/fs/migration-state.js';
 
 const ESTALE = 116;
 
@@ -188,4 +189,24 @@ test('a malformed state fails the load and leaves the destination empty', (t) =>
   t.regex(dst.migration!.load(evil) ?? '', /migration state at byte/);
   t.is(ops(dst).getattr(2n).error, -5);
   void close;
+});
+
+test('inodes READDIRPLUS made go by their exact names (the entry-name scratch bytes after the NUL made the destination refuse the whole state)', (t) => {
+  const f = makeFs({});
+  t.teardown(() => f.cleanup());
+  init(f.session);
+  for (const n of ['a-rather-long-file-name', 'short', 'mid-name']) fs.writeFileSync(path.join(f.dir, n), n);
+  const dir = send(f.session, request(Op.OPENDIR, [struct(OpenIn, { flags: 0o200000 })], { nodeid: 1 }));
+  t.is(dir?.error, 0);
+  const fh = OpenOut.decode(dir?.body as Buffer, 0).fh;
+  const plus = send(f.session, request(Op.READDIRPLUS, [struct(ReadIn, { fh, offset: 0n, size: 65536 })], { nodeid: 1 }));
+  t.is(plus?.error, 0);
+  const data = f.session.migration!.save();
+  if (typeof data === 'string') throw new Error(data);
+  const st = decodeState(data);
+  const names = st.inodes.map((i) => (i.location.kind === 'name' ? i.location.name.toString() : i.location.kind)).sort();
+  t.deepEqual(names, ['a-rather-long-file-name', 'mid-name', 'short']);
+  const dst = sessionAt(f.dir, {});
+  t.is(dst.migration!.load(data), undefined, 'the destination takes the state');
+  for (const i of st.inodes) t.is(ops(dst).getattr(BigInt(i.nodeid)).error, 0);
 });

@@ -93,6 +93,16 @@ export function mntIdOf(stx: Buffer): number {
   return u32(stx, STX.mntId) + u32(stx, STX.mntId + 4) * 0x100000000;
 }
 
+/**
+ * An inode's own copy of its name, up to and including the first NUL: callers pass scratch
+ * buffers (READDIRPLUS's 256-byte entry name) whose bytes after the NUL are stale, and the
+ * name is compared and migrated by its length.
+ */
+function copyName(name: Buffer): Buffer {
+  const nul = name.indexOf(0);
+  return Buffer.from(nul < 0 ? Buffer.concat([name, EMPTY]) : name.subarray(0, nul + 1));
+}
+
 function hashOf(inoLo: number, inoHi: number, devMinor: number): number {
   return inoLo + (inoHi & 0x1fffff) * 0x100000000 + devMinor * 0.5;
 }
@@ -182,7 +192,7 @@ export class InodeTable {
 
   /** Migration destination: adopt an inode under the node id the guest knows it by. */
   restore(nodeid: number, fd: number, stx: Buffer, parent: Inode | null, name: Buffer | null, handle: Buffer | null, refs: number): Inode {
-    const ino = this.make(nodeid, fd, stx, parent, name === null ? null : Buffer.from(name), handle);
+    const ino = this.make(nodeid, fd, stx, parent, name === null ? null : copyName(name), handle);
     ino.refs = refs;
     if (parent !== null) parent.pins++;
     ino.epoch = this.epoch;
@@ -228,10 +238,10 @@ export class InodeTable {
 
   /**
    * Adopt a new inode with one lookup: `fd` (an O_PATH fd that `stx` describes, or -1
-   * when only `handle` is kept), found as `name` (NUL-terminated, copied) in `parent`.
+   * when only `handle` is kept), found as `name` (NUL-terminated, copied up to its NUL) in `parent`.
    */
   insert(fd: number, stx: Buffer, parent: Inode | null, name: Buffer | null, handle: Buffer | null): Inode {
-    const ino = this.make(this.nextId++, fd, stx, parent, name === null ? null : Buffer.from(name), handle);
+    const ino = this.make(this.nextId++, fd, stx, parent, name === null ? null : copyName(name), handle);
     if (parent !== null) parent.pins++;
     ino.epoch = this.epoch;
     this.index(ino);
@@ -249,7 +259,7 @@ export class InodeTable {
       ino.parent = parent;
       if (old !== null) this.unpin(old);
     }
-    ino.name = Buffer.from(name);
+    ino.name = copyName(name);
   }
 
   /** `ino` lost the name it would be found again by: it keeps its fd for good (never evicted). */
