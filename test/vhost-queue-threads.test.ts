@@ -163,3 +163,37 @@ test.serial('--queue-threads: a RELEASE racing with reads of the same handle nev
   t.is(wrong, 0, 'every read returned a\'s bytes or an error');
   t.log(`${30 * 64} reads raced with RELEASE: ${30 * 64 - stale} served, ${stale} failed (handle gone)`);
 });
+
+test.serial('--queue-threads: malformed READ/WRITE requests and chains on a thread\'s queue fail alone; the daemon keeps serving', async (t) => {
+  t.timeout(120_000);
+  const { a, d, fe, ok, lookup, open } = await setUp(t, 1);
+  const na = lookup('a');
+  const nb = lookup('b');
+  const fh = open(na, 0);
+  const call = (req: Buffer, replyLens: number[] = [16, 4096]): FuseReply | undefined => fe.call([req], replyLens, 2);
+  const errno = (r: FuseReply | undefined): number | undefined => r?.header.error;
+  const cases: [string, Buffer, number[] | undefined, number][] = [
+    ['READ of a handle on another node', readReq(fh, nb, 0, 4096), undefined, -9],
+    ['READ of a handle never opened', readReq(fh + 1000n, na, 0, 4096), undefined, -9],
+    ['READ at offset 2^63', request(Op.READ, [struct(ReadIn, { fh, offset: 1n << 63n, size: 4096 })], { nodeid: na }), undefined, -22],
+    ['READ with its arguments cut short', request(Op.READ, [struct(ReadIn, { fh, offset: 0n, size: 4096 }).subarray(0, 20)], { nodeid: na }), undefined, -22],
+    ['READ whose len field lies', (() => { const r = readReq(fh, na, 0, 4096); r.writeUInt32LE(4000, 0); return r; })(), undefined, -22],
+    ['WRITE whose size disagrees with its payload', request(Op.WRITE, [struct(WriteIn, { fh, offset: 0n, size: 100 }), Buffer.alloc(10)], { nodeid: na }), undefined, -22],
+    ['WRITE on a read-only handle', request(Op.WRITE, [struct(WriteIn, { fh, offset: 0n, size: 4 }), Buffer.from('nope')], { nodeid: na }), undefined, -9],
+    ['READ with room for a header only', readReq(fh, na, 0, 4096), [16], 0],
+  ];
+  for (const [what, req, lens, want] of cases) {
+    const r = call(req, lens);
+    t.is(errno(r), want, what);
+  }
+  // A reply descriptor outside guest memory: the chain is refused (length 0), nothing written.
+  t.throws(() => fe.callAt([{ gpa: 64 << 20, data: readReq(fh, na, 0, 4096) }], [{ gpa: (256 << 20) + 4096, len: 4096 }], 2),
+    { message: /reply of 0 bytes/ }, 'a chain pointing outside guest memory completes with length 0');
+  // A header shorter than fuse_in_header.
+  const short = fe.call([Buffer.alloc(8)], [16, 16], 2);
+  t.true(short === undefined || short.usedLen === 0 || (short.header.error ?? 0) < 0, 'a request shorter than its header fails');
+  t.deepEqual(ok(Op.READ, [struct(ReadIn, { fh, offset: 8192n, size: 16 })], na, 2), a.subarray(8192, 8208), 'the thread still serves');
+  t.regex(d.log(), /malformed descriptor chain/, 'the refused chain is logged');
+  t.true(d.alive(), 'the daemon is alive');
+  t.notRegex(d.log(), /SIGSYS|outside the policy/);
+});
