@@ -14,7 +14,10 @@
 // well-formed (header len = used len, errno in range, errors carry no body, bodies of the
 // size the opcode implies) and with its own unique (the frontend checks that), and none
 // for FORGET, BATCH_FORGET, INTERRUPT and NOTIFY_REPLY; no reply carries the name or the
-// content of the canary dir beside the share. After the storm: the canary is as it was,
+// content of the canary dir beside the share. Every 5,000 requests the daemon migrates to
+// itself (rings stopped, DEVICE_STATE saved and loaded back, rings restarted): the save
+// must succeed whatever the guest made, and so must the load under --migration-on-error
+// guest-error (VFS_FUZZ_MIGRATE_EVERY=0 turns it off). After the storm: the canary is as it was,
 // and the session still creates, writes and reads a file (and, with --security-label, stores
 // a label or removes the entry it could not label). By default 8 seeds (one per
 // configuration) x 40,000 requests from a fresh base seed (about 40 s here); VFS_FUZZ_SEED=<n> replays one
