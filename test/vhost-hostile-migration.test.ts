@@ -181,6 +181,10 @@ test.serial('SET_DEVICE_STATE_FD: garbage, a silent pipe, an endless stream and 
     t.is(r.reply & 0xffn, 0n, `${what}: the transfer is accepted (it is read after the reply)`);
     t.not(r.check, 0n, `${what}: CHECK_DEVICE_STATE reports the failure`);
   };
+  // While the rings run the state must not move: refused at once (error bit, no fd back).
+  const running = loadState(s, statePipe(Buffer.from('VFSSTATE')));
+  t.is(running.reply, 0x101n, 'a transfer with the rings running is refused');
+  t.is(getattr(s).error, 0, 'and the rings serve on');
   let bases = stopRings(s);
   fail('garbage', loadState(s, statePipe(Buffer.from('VFSSTATE' + 'garbage'.repeat(100)))));
   fail('empty', loadState(s, statePipe(Buffer.alloc(0))));
