@@ -47,6 +47,8 @@ const HOSTILE = [
   '..', '.', '', 'a/b', '/abs', '../canary', '../canary/file', '/etc/passwd', 'x'.repeat(255), 'y'.repeat(256),
   'nul\0after', '\n', ' ', '-rf', '\u00e9\u4e2d', '*', 'a'.repeat(4000),
 ];
+/** Names that are not valid UTF-8, and one that is what a lossy decoding of the first makes. */
+const NOT_UTF8 = [Buffer.from([0x66, 0xff, 0x66]), Buffer.from([0xc3, 0x28]), Buffer.from([0x80]), Buffer.from('f\ufffdf')];
 const XATTRS = [
   'user.a', 'user.b', 'user.' + 'z'.repeat(240), 'trusted.t', 'security.capability', 'security.selinux',
   'system.posix_acl_access', 'system.posix_acl_default', 'user', 'bogus.x', '', 'user.a/b',
@@ -189,6 +191,11 @@ export class RandomRequests {
     for (const fh of [...this.fhs.keys()]) this.dropFh(BigInt(fh));
   }
 
+  /** Up to `n` node ids the guest holds (for checks around a migration). */
+  heldNodeIds(n: number): bigint[] {
+    return [...this.nodes.keys()].slice(0, n).map((id) => BigInt(id));
+  }
+
   get heldNodes(): number {
     return this.nodes.size;
   }
@@ -244,6 +251,13 @@ export class RandomRequests {
   }
 
   private nameArg(): Buffer {
+    if (this.rng.chance(0.02)) {
+      // Bytes that are not UTF-8 (Linux names are bytes): the daemon's own paths for them, in
+      // /proc and in a migration's search, must not turn them into another file's name.
+      const raw = this.rng.pick(NOT_UTF8);
+      this.fields.push(`name=0x${raw.toString('hex')}`);
+      return cstr(raw);
+    }
     const n = this.name();
     this.fields.push(`name=${JSON.stringify(n.length > 40 ? `${n.slice(0, 8)}...(${n.length})` : n)}`);
     return cstr(n);
