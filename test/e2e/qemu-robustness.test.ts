@@ -28,6 +28,9 @@ echo "LS1 $(ls -lR tree | grep -c '^-')"
 echo "LS2 $(ls -lR tree | grep -c '^-')"
 echo "FIND $(find tree -type f | wc -l)"
 echo "SYNC_LIST_END"
+# The host writes after.txt when it reads the line above off the console, which can be after
+# the next command here: wait for it (up to 60 s; a negative entry may be cached for 1 s).
+n=0; while [ ! -f after.txt ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
 echo "AFTER $(cat after.txt)"
 echo "DONE"
 `;
