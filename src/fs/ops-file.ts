@@ -82,7 +82,7 @@ export function open(s: FsState): number {
   const hf = hostOpenFlags(s, flags);
   // With ATOMIC_O_TRUNC the truncation happens here: open as the caller so that, like a
   // truncation by the host kernel for a caller without CAP_FSETID, it clears setuid/setgid.
-  const fd = (flags & O_TRUNC) !== 0 ? s.asCaller(() => openat(s.procSelfFd, ino.procName, hf)) : openat(s.procSelfFd, ino.procName, hf);
+  const fd = (flags & O_TRUNC) !== 0 ? openAsCaller(s, ino.procName, hf, flags) : openat(s.procSelfFd, ino.procName, hf);
   if (fd < 0) return fd;
   // HANDLE_KILLPRIV_V2: the client asks for the kernel's rule, which the open above applied
   // only for a caller who is not root here (root keeps CAP_FSETID on the host).
@@ -130,7 +130,7 @@ function createCommon(s: FsState, tmp: boolean): number {
   if (fd === -E.EEXIST && !tmp && (flags & O_EXCL) === 0) {
     pfd = s.asCaller(() => openat(parent.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
     if (pfd < 0) return pfd;
-    fd = openExisting(s, pfd, hf);
+    fd = openExisting(s, pfd, hf, flags);
     const r = fd < 0 ? fd : killOnTrunc(s, fd, flags, req.u32(CreateIn.off.openFlags));
     if (r < 0) {
       if (fd >= 0) close(fd);
@@ -170,12 +170,32 @@ function createCommon(s: FsState, tmp: boolean): number {
  * when it is a regular file; `pfd` is its O_PATH fd, so what is opened is what was checked.
  * Errors as open(2) with O_CREAT|O_NOFOLLOW gives them, and ENXIO (as OPEN) for the rest.
  */
-function openExisting(s: FsState, pfd: number, hf: number): number {
+function openExisting(s: FsState, pfd: number, hf: number, flags: number): number {
   const r = statx(pfd, EMPTY_NAME, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MASK, s.stx);
   if (r < 0) return r;
   const type = u16(s.stx, STX.mode) & S_IFMT;
   if (type !== S_IFREG) return type === S_IFDIR ? -E.EISDIR : type === S_IFLNK ? -E.ELOOP : -E.ENXIO;
-  return s.asCaller(() => openat(s.procSelfFd, fdName(pfd), hf));
+  return openAsCaller(s, fdName(pfd), hf, flags);
+}
+
+/**
+ * Open /proc/self/fd/`procName` with host flags `hf` as the caller (client flags `flags`).
+ * When --writeback widened the caller's O_WRONLY to O_RDWR, the caller may be allowed to
+ * write the file but not to read it, and the host would refuse the widened open (pjdfstest
+ * does not catch it; test/mount-posix.test.ts does). The caller's own write-only open then
+ * decides permission and does the O_TRUNC (clearing setuid/setgid as the host does for that
+ * user); the read side the client's page cache needs is added by reopening that very file
+ * (its fd, not its name) as the daemon.
+ */
+function openAsCaller(s: FsState, procName: Buffer, hf: number, flags: number): number {
+  if ((flags & O_ACCMODE) !== O_WRONLY || (hf & O_ACCMODE) !== O_RDWR) {
+    return s.asCaller(() => openat(s.procSelfFd, procName, hf));
+  }
+  const wfd = s.asCaller(() => openat(s.procSelfFd, procName, (hf & ~O_ACCMODE) | O_WRONLY));
+  if (wfd < 0) return wfd;
+  const fd = openat(s.procSelfFd, fdName(wfd), hf & ~O_TRUNC);
+  close(wfd);
+  return fd;
 }
 
 /** An O_TRUNC open whose client sent FUSE_OPEN_KILL_SUIDGID: clear setuid/setgid (see killSuidgid). */
