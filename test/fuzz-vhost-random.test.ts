@@ -31,7 +31,7 @@ import path from 'node:path';
 import {
   Attr, AttrOutHead, CreateIn, ENTRY_OUT_SIZE, EntryOutHead, GetattrIn, InitFlag2, InitIn, MkdirIn, Op, OpenOut, ReadIn, ReleaseIn, WriteIn, WriteOut, opName,
 } from '../src/fs/fuse-abi.js';
-import { type FuseReply } from './frontend/virtio-fs.js';
+import { REQUEST, type FuseReply } from './frontend/virtio-fs.js';
 import { cstr, request, struct } from './fs-helpers.js';
 import { seedFromEnv } from './fuzz/prng.js';
 import { enableDeviceState, loadDeviceState, saveDeviceState, startRings, stopRings } from './fuzz/device-state.js';
@@ -66,7 +66,7 @@ const KATA_MAP = [
 const VARIANTS: readonly string[][] = [
   ['--cache', 'auto', '--xattr', '--rlimit-nofile', '128', '--inode-file-handles=prefer', '--migration-mode', 'file-handles'],
   ['--cache', 'never', '--rlimit-nofile', '128'],
-  ['--cache', 'always', '--writeback', '--xattr'],
+  ['--cache', 'always', '--writeback', '--xattr', '--queue-threads', '1'],
   ['--cache', 'metadata', '--xattr', '--announce-submounts', '--no-readdirplus', '--allow-direct-io'],
   ['--posix-acl', '--killpriv-v2', '--cache', 'auto', '--writeback', '--migration-confirm-paths', '--migration-verify-handles',
     '--migration-on-error', 'guest-error'],
@@ -182,7 +182,11 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
   const s = makeShare();
   t.teardown(() => fs.rmSync(s.parent, { recursive: true, force: true }));
   const before = snapshot(s.parent);
-  const { d, fe, io, closeFrontend } = await connectSandboxed(t, s.share, variant);
+  // With --queue-threads, a second request queue (served by the thread: READ/WRITE there,
+  // the rest handed to the main loop) takes every other request; memfds sealable, as QEMU's.
+  const threads = variant.includes('--queue-threads');
+  const { d, fe, io, closeFrontend } = await connectSandboxed(t, s.share, variant,
+    threads ? { requestQueues: 2, regions: [{ gpa: 0, size: 256 << 20, allowSealing: true }] } : {});
   enableDeviceState(fe);
   const guestError = variant.includes('guest-error');
   // Under --migration-on-error abort one inode the guest made unlocatable (a deleted file it
@@ -262,7 +266,7 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
     if (ring.length > RING) ring.shift();
     let r: FuseReply | undefined;
     try {
-      r = io.call(req.parts, req.replyLens, req.queue);
+      r = io.call(req.parts, req.replyLens, threads && req.queue === REQUEST && (i & 1) === 1 ? REQUEST + 1 : req.queue);
     } catch (err) {
       failure = `request #${i} (${req.desc}): ${err instanceof Error ? err.message : String(err)}`;
       break;
@@ -331,6 +335,12 @@ async function fuzzSeed(t: ExecutionContext, seed: number): Promise<void> {
   closeFrontend();
   t.is(await d.stop(), 0, `the launcher exits 0 after SIGTERM:\n${d.log().slice(-2000)}`);
 
+  if (threads) {
+    const m = /queue thread 0 \(queue 2\): (\d+) requests served there, (\d+) handed to the main thread/.exec(d.log());
+    t.truthy(m, 'the queue thread reports what it served');
+    t.true(Number(m?.[1] ?? 0) > 0 && Number(m?.[2] ?? 0) > 0, `the queue thread served requests and handed others over: ${m?.[0] ?? ''}`);
+    t.log(m?.[0] ?? '');
+  }
   const oks = [...counts.entries()].filter(([k]) => k.endsWith(' ok')).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k.slice(0, -3)} ${v}`);
   const total = [...counts.values()].reduce((a, b) => a + b, 0);
   t.log(`seed ${seed} (${variant.join(' ')}): ${i} requests in ${ms} ms, ${total} answered as expected; daemon alive throughout, ` +

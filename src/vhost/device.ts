@@ -333,6 +333,10 @@ class Device implements KickWatcher {
 
   close(): void {
     this.reclaimAll();
+    for (const th of this.threads) {
+      const n = th.counts();
+      this.log.info(`queue thread ${th.id} (queue ${FIRST_THREAD_QUEUE + th.id}): ${n.served} requests served there, ${n.forwarded} handed to the main thread`);
+    }
     this.backend.close();
     this.ep.remove(this.conn.fd);
     this.conn.close();

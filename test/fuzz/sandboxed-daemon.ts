@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { launcherCommand, daemonCommand, REPO } from '../entry-points.js';
 import { findDaemon, procStatus } from '../sandbox-helpers.js';
-import { VirtioFsFrontend, HIPRIO, REQUEST, type FuseReply } from '../frontend/virtio-fs.js';
+import { VirtioFsFrontend, HIPRIO, REQUEST, type FuseReply, type FrontendOptions } from '../frontend/virtio-fs.js';
 
 export class DaemonDied extends Error {
   constructor(readonly pid: number, readonly lastWords: string) {
@@ -214,13 +214,13 @@ export interface SandboxedSession {
  * the test (frontend closed, daemon stopped, socket dir removed) whatever way it ends.
  */
 export async function connectSandboxed(t: { teardown(fn: () => void | Promise<void>): void }, share: string,
-  daemonArgs: readonly string[]): Promise<SandboxedSession> {
+  daemonArgs: readonly string[], frontend: Partial<FrontendOptions> = {}): Promise<SandboxedSession> {
   const d = await launchSandboxed(share, daemonArgs);
   t.teardown(async () => {
     await d.stop();
     d.cleanup();
   });
-  const fe = VirtioFsFrontend.open({ socketPath: d.sock });
+  const fe = VirtioFsFrontend.open({ ...frontend, socketPath: d.sock });
   let closed = false;
   const closeFrontend = (): void => {
     if (closed) return;
