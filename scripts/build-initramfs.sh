@@ -5,9 +5,13 @@
 # from modules.dep, compressed modules unpacked), and an /init that mounts the virtio-fs share,
 # runs a guest script between console markers and powers the guest off.
 #
-#   scripts/build-initramfs.sh --out FILE [--script GUEST.sh] [--kernel-version V]
+#   scripts/build-initramfs.sh --out FILE [--script GUEST.sh] [--kernel-version V] [--modules-root DIR]
 #   scripts/build-initramfs.sh --base BASE.cpio.gz --script GUEST.sh --out FILE
-#   scripts/build-initramfs.sh --print-kernel [--kernel-version V]   (prints the vmlinuz path)
+#   scripts/build-initramfs.sh --print-kernel [--kernel-version V] [--modules-root DIR]   (prints the vmlinuz path)
+#
+# --modules-root DIR takes the kernel and its modules from another root instead of the host's /
+# (DIR/boot/vmlinuz-V, DIR/lib/modules/V or DIR/usr/lib/modules/V), e.g. the Debian 13 kernel
+# that scripts/setup-trixie-kernel.sh unpacks; without it the host's own kernel is used.
 #
 # The second form appends a small cpio member holding only /guest.sh to an already built base
 # image (the kernel unpacks concatenated archives in order), so each boot costs one tiny archive.
@@ -19,15 +23,16 @@ set -euo pipefail
 
 die() { echo "build-initramfs: $*" >&2; exit 1; }
 
-out="" script="" base="" kver="${VFS_E2E_KERNEL_VERSION:-}" print_kernel=0
+out="" script="" base="" kver="${VFS_E2E_KERNEL_VERSION:-}" print_kernel=0 mroot=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2 ;;
     --script) script=$2; shift 2 ;;
     --base) base=$2; shift 2 ;;
     --kernel-version) kver=$2; shift 2 ;;
+    --modules-root) mroot=${2%/}; shift 2 ;;
     --print-kernel) print_kernel=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
 done
@@ -50,13 +55,23 @@ if [ -n "$base" ]; then
   exit 0
 fi
 
-# The kernel: a version under /lib/modules that has both a vmlinuz in /boot and virtiofs
+# Where the kernels and modules are: the host's, or those of --modules-root.
+if [ -n "$mroot" ]; then
+  [ -d "$mroot" ] || die "--modules-root $mroot is not a directory"
+  bootdir="$mroot/boot" modbase="$mroot/lib/modules"
+  [ -d "$modbase" ] || modbase="$mroot/usr/lib/modules"
+  [ -d "$modbase" ] || die "--modules-root $mroot has no lib/modules or usr/lib/modules"
+else
+  bootdir=/boot modbase=/lib/modules
+fi
+
+# The kernel: a version under $modbase that has both a vmlinuz in $bootdir and virtiofs
 # (as a module or built in); the newest wins.
 pick_kernel() {
   local v best=""
-  for d in /lib/modules/*/; do
+  for d in "$modbase"/*/; do
     v=$(basename "$d")
-    [ -r "/boot/vmlinuz-$v" ] || continue
+    [ -r "$bootdir/vmlinuz-$v" ] || continue
     if compgen -G "$d/kernel/fs/fuse/virtiofs.ko*" >/dev/null || grep -q '/virtiofs.ko' "$d/modules.builtin" 2>/dev/null; then
       best=$(printf '%s\n%s\n' "$best" "$v" | sed '/^$/d' | sort -V | tail -1)
     fi
@@ -64,12 +79,12 @@ pick_kernel() {
   echo "$best"
 }
 [ -n "$kver" ] || kver=$(pick_kernel)
-[ -n "$kver" ] || die "no kernel with virtiofs found in /lib/modules and /boot (apt-get install linux-image-amd64)"
-moddir="/lib/modules/$kver"
+[ -n "$kver" ] || die "no kernel with virtiofs found in $modbase and $bootdir (apt-get install linux-image-amd64)"
+moddir="$modbase/$kver"
 [ -d "$moddir" ] || die "$moddir missing"
 if [ "$print_kernel" = 1 ]; then
-  [ -r "/boot/vmlinuz-$kver" ] || die "/boot/vmlinuz-$kver missing"
-  echo "/boot/vmlinuz-$kver"
+  [ -r "$bootdir/vmlinuz-$kver" ] || die "$bootdir/vmlinuz-$kver missing"
+  echo "$bootdir/vmlinuz-$kver"
   exit 0
 fi
 [ -n "$out" ] || die "--out FILE is required"

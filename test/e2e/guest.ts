@@ -39,6 +39,15 @@ export interface BootOptions {
   backendExited?: Promise<unknown>;
   /** The backend's output, added to a failure's message. */
   backendOutput?: () => string;
+  /**
+   * Boot the kernel (and take its modules) from this root instead of the host's, as
+   * scripts/build-initramfs.sh --modules-root (e.g. trixieKernel()'s Debian 13 6.12).
+   */
+  kernelRoot?: string;
+  /** vCPUs (QEMU -smp); 1 when not given. */
+  cpus?: number;
+  /** The device's request queues (vhost-user-fs-pci num-request-queues); 1 when not given. */
+  requestQueues?: number;
 }
 
 export interface GuestResult {
@@ -86,10 +95,10 @@ export function findQemu(): string {
   return q;
 }
 
-/** The host's Debian kernel whose modules go into the initramfs. */
-export function findKernel(): string {
+/** The host's Debian kernel whose modules go into the initramfs (or the one under `root`). */
+export function findKernel(root?: string): string {
   try {
-    return execFileSync('bash', [BUILD_INITRAMFS, '--print-kernel'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+    return execFileSync('bash', [BUILD_INITRAMFS, '--print-kernel', ...rootArgs(root)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
   } catch (e) {
     const stderr = (e as { stderr?: string }).stderr ?? String(e);
     throw new Error(`no guest kernel: ${stderr.trim()}`, { cause: e });
@@ -97,7 +106,19 @@ export function findKernel(): string {
 }
 
 let workDir: string | undefined;
-let baseImage: string | undefined;
+const baseImages = new Map<string, string>();
+
+function rootArgs(root: string | undefined): string[] {
+  return root === undefined ? [] : ['--modules-root', root];
+}
+
+/**
+ * The Debian 13 kernel (6.12: drives several request queues, which 6.1 does not) unpacked by
+ * scripts/setup-trixie-kernel.sh, set up on first use; returns its root for `kernelRoot`.
+ */
+export function trixieKernel(): string {
+  return execFileSync('bash', [path.join(REPO_ROOT, 'scripts/setup-trixie-kernel.sh'), '--print'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim();
+}
 
 function scratch(): string {
   if (workDir === undefined) {
@@ -108,20 +129,22 @@ function scratch(): string {
   return workDir;
 }
 
-/** The initramfs without a guest script, built once per process. */
-export function buildBaseInitramfs(): string {
-  if (baseImage === undefined) {
-    const out = path.join(scratch(), 'base.cpio.gz');
-    execFileSync('bash', [BUILD_INITRAMFS, '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] });
-    baseImage = out;
+/** The initramfs without a guest script, built once per process (and kernel root). */
+export function buildBaseInitramfs(root?: string): string {
+  const key = root ?? '';
+  let image = baseImages.get(key);
+  if (image === undefined) {
+    image = path.join(scratch(), `base-${baseImages.size}.cpio.gz`);
+    execFileSync('bash', [BUILD_INITRAMFS, '--out', image, ...rootArgs(root)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    baseImages.set(key, image);
   }
-  return baseImage;
+  return image;
 }
 
 let bootCount = 0;
 
-function imageWithScript(script: string): string {
-  const base = buildBaseInitramfs();
+function imageWithScript(script: string, root?: string): string {
+  const base = buildBaseInitramfs(root);
   const n = ++bootCount;
   const scriptFile = path.join(scratch(), `guest-${n}.sh`);
   const out = path.join(scratch(), `initrd-${n}.cpio.gz`);
@@ -133,16 +156,21 @@ function imageWithScript(script: string): string {
 // eslint-disable-next-line no-control-regex
 const ANSI = /\x1b\[[0-9;?]*[A-Za-z]|\x1bc/g;
 
-export function qemuArgs(o: { socketPath: string; kernel: string; initrd: string; memMiB: number; queueSize: number; tag: string; append: string }): string[] {
+export function qemuArgs(o: {
+  socketPath: string; kernel: string; initrd: string; memMiB: number; queueSize: number; tag: string; append: string;
+  cpus?: number; requestQueues?: number;
+}): string[] {
+  const queues = o.requestQueues === undefined ? '' : `,num-request-queues=${o.requestQueues}`;
   return [
     '-nodefaults', '-no-user-config',
     '-accel', 'tcg',
+    '-smp', String(o.cpus ?? 1),
     '-m', String(o.memMiB),
     // vhost-user needs the guest's RAM in a shareable memfd the backend can map.
     '-object', `memory-backend-memfd,id=mem,size=${o.memMiB}M,share=on`,
     '-numa', 'node,memdev=mem',
     '-chardev', `socket,id=vfs0,path=${o.socketPath}`,
-    '-device', `vhost-user-fs-pci,queue-size=${o.queueSize},chardev=vfs0,tag=${o.tag}`,
+    '-device', `vhost-user-fs-pci,queue-size=${o.queueSize},chardev=vfs0,tag=${o.tag}${queues}`,
     '-display', 'none', '-serial', 'stdio', '-no-reboot',
     '-kernel', o.kernel, '-initrd', o.initrd,
     '-append', o.append,
@@ -156,14 +184,14 @@ export async function bootGuest(opts: BootOptions): Promise<GuestResult> {
   const tag = opts.tag ?? 'myfs';
   const timeoutMs = opts.timeoutMs ?? 120_000;
   const qemu = findQemu();
-  const kernel = findKernel();
-  const initrd = imageWithScript(opts.script);
+  const kernel = findKernel(opts.kernelRoot);
+  const initrd = imageWithScript(opts.script, opts.kernelRoot);
   // no_timer_check: on a loaded host a TCG guest can hang for minutes in the IO-APIC timer check
   // (seen in CI: the console stopped at "MP-BIOS bug: 8254 timer not connected to IO-APIC").
   let append = `console=ttyS0 quiet panic=-1 no_timer_check vfs.tag=${tag}`;
   if (opts.mountOptions !== undefined) append += ` vfs.opts=${opts.mountOptions}`;
   if (opts.kernelArgs !== undefined) append += ` ${opts.kernelArgs}`;
-  const args = qemuArgs({ socketPath: opts.socketPath, kernel, initrd, memMiB, queueSize, tag, append });
+  const args = qemuArgs({ socketPath: opts.socketPath, kernel, initrd, memMiB, queueSize, tag, append, cpus: opts.cpus, requestQueues: opts.requestQueues });
 
   const start = Date.now();
   const child = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
