@@ -23,6 +23,9 @@ fi
 # The Debian 13 QEMU the live-migration test needs (Debian 12's 7.2 cannot migrate
 # vhost-user-fs): a debootstrapped root in /tmp, built once, reused while present.
 bash scripts/setup-migration-qemu.sh
+# The Debian 13 kernel (6.12) for the guest that drives several request queues
+# (test/e2e/qemu-queue-threads.test.ts): unpacked from trixie's package into /tmp, once.
+bash scripts/setup-trixie-kernel.sh
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
   npm ci --no-audit --no-fund

@@ -87,9 +87,18 @@ echo "TREE $(ls tree/a/b | wc -l)"
 
 interface Outcome {
   kernel: string;
+  /** Each request queue's avail index when the guest left (requests the guest put on it). */
+  used: Map<number, number>;
   served: Map<number, number>;
   forwarded: Map<number, number>;
   ms: number;
+}
+
+/** Requests the guest put on each request queue: its "queue N stopped at I" line (I < 65536 here). */
+function queueUse(log: string): Map<number, number> {
+  const used = new Map<number, number>();
+  for (const m of log.matchAll(/queue (\d+) stopped at (\d+)/g)) if (Number(m[1]) >= 1) used.set(Number(m[1]), Number(m[2]));
+  return used;
 }
 
 /** The last "queue N back from queue thread i: X served there, Y handed over" count per queue. */
@@ -149,8 +158,11 @@ async function run(t: ExecutionContext, threads: number): Promise<Outcome> {
   // Under --seccomp kill a syscall outside the policy is SIGSYS: the daemon must have ended cleanly.
   t.deepEqual(exit, { code: 0, signal: null }, backend.output().slice(-3000));
   const { served, forwarded } = threadCounts(backend.output());
-  t.log(`--queue-threads ${threads}: kernel ${k.get('KERNEL') ?? '?'}, guest ${r.totalMs} ms (boot ${r.bootMs} ms); served on threads ${JSON.stringify([...served])}, handed over ${JSON.stringify([...forwarded])}`);
-  return { kernel: k.get('KERNEL') ?? '', served, forwarded, ms };
+  const used = queueUse(backend.output());
+  t.log(`--queue-threads ${threads}: kernel ${k.get('KERNEL') ?? '?'}, guest ${r.totalMs} ms (boot ${r.bootMs} ms); requests per queue ${JSON.stringify([...used])}; served on threads ${JSON.stringify([...served])}, handed over ${JSON.stringify([...forwarded])}`);
+  // The guest spread its requests: every request queue carried a worker's share (> 100 each).
+  for (let q = 1; q <= REQUEST_QUEUES; q++) t.true((used.get(q) ?? 0) > 100, `queue ${q}: ${used.get(q) ?? 0} requests`);
+  return { kernel: k.get('KERNEL') ?? '', used, served, forwarded, ms };
 }
 
 test.serial('a 6.12 guest with 4 request queues on 4 vCPUs: 3 queue threads serve its parallel reads and writes, data and tree right on both sides', async (t) => {
