@@ -8,7 +8,8 @@
 // process reads a host file (cat through the page cache and dd iflag=direct), writes one of
 // its own (direct and buffered), and creates, renames and unlinks files in a directory of its
 // own; the guest then lists the tree. Checked: every checksum on both sides, the tree on the
-// host, and from the daemon's own count (its debug line when the guest leaves) that at least
+// host, the requests on each queue (the daemon's debug line when the guest leaves), and from
+// the daemon's own count (logged when it stops the threads) that at least
 // two queue threads served requests themselves. The same guest with --queue-threads 0 is the
 // baseline: the same results, with every queue on the main thread.
 import test from 'ava';
@@ -101,11 +102,11 @@ function queueUse(log: string): Map<number, number> {
   return used;
 }
 
-/** The last "queue N back from queue thread i: X served there, Y handed over" count per queue. */
+/** Each queue thread's totals, from the daemon's line when it stops them ("queue thread i (queue N): X requests served there, Y handed to the main thread"). */
 function threadCounts(log: string): { served: Map<number, number>; forwarded: Map<number, number> } {
   const served = new Map<number, number>();
   const forwarded = new Map<number, number>();
-  for (const m of log.matchAll(/queue (\d+) back from queue thread \d+: (\d+) served there, (\d+) handed over/g)) {
+  for (const m of log.matchAll(/queue thread \d+ \(queue (\d+)\): (\d+) requests served there, (\d+) handed to the main thread/g)) {
     served.set(Number(m[1]), Number(m[2]));
     forwarded.set(Number(m[1]), Number(m[3]));
   }
@@ -168,6 +169,7 @@ async function run(t: ExecutionContext, threads: number): Promise<Outcome> {
 test.serial('a 6.12 guest with 4 request queues on 4 vCPUs: 3 queue threads serve its parallel reads and writes, data and tree right on both sides', async (t) => {
   t.timeout(200_000);
   const o = await run(t, 3);
+  t.is(o.served.size, 3, 'the daemon reported its three queue threads');
   t.regex(o.kernel, /^6\.(1[1-9]|[2-9]\d)/);
   const busy = [...o.served].filter(([, n]) => n > 0);
   t.true(busy.length >= 2, `queue threads that served requests: ${JSON.stringify([...o.served])}`);
