@@ -14,18 +14,13 @@ import {
   EntryOutHead, InitIn, Op, OpenIn, OpenOut, ReadIn, ReleaseIn, WriteIn, WriteOut,
 } from '../src/fs/fuse-abi.js';
 import { Req } from '../src/vhost/vhost-user-protocol.js';
-import { VirtioFsFrontend, type FuseReply } from './frontend/virtio-fs.js';
+import { type FuseReply } from './frontend/virtio-fs.js';
+import { u64 } from './frontend/vhost-user.js';
 import { eventfd } from '../src/sys/event-calls.js';
 import { cstr, request, struct } from './fs-helpers.js';
-import { launchSandboxed } from './fuzz/sandboxed-daemon.js';
+import { connectSandboxed } from './fuzz/sandboxed-daemon.js';
 
 const FILE_BYTES = 1 << 20;
-
-function u64(n: number): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64LE(BigInt(n));
-  return b;
-}
 
 async function setUp(t: { teardown(fn: () => void | Promise<void>): void }, threads: number) {
   const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'vfs-qthreads-'));
@@ -37,18 +32,8 @@ async function setUp(t: { teardown(fn: () => void | Promise<void>): void }, thre
   fs.writeFileSync(path.join(share, 'b'), Buffer.alloc(FILE_BYTES, 0xbb));
   fs.writeFileSync(path.join(share, 'w'), Buffer.alloc(0));
   t.teardown(() => fs.rmSync(parent, { recursive: true, force: true }));
-  const d = await launchSandboxed(share, ['--queue-threads', String(threads), '--log-level', 'debug']);
-  t.teardown(async () => {
-    await d.stop();
-    d.cleanup();
-  });
-  const fe = VirtioFsFrontend.open({ socketPath: d.sock, requestQueues: 3, queueSize: 512, regions: [{ gpa: 0, size: 256 << 20, allowSealing: true }] });
-  let closed = false;
-  const close = (): void => {
-    if (!closed) fe.close();
-    closed = true;
-  };
-  t.teardown(close);
+  const { d, fe, closeFrontend: close } = await connectSandboxed(t, share, ['--queue-threads', String(threads), '--log-level', 'debug'],
+    { requestQueues: 3, queueSize: 512, regions: [{ gpa: 0, size: 256 << 20, allowSealing: true }] });
   const ok = (op: number, parts: Buffer[], nodeid: bigint | number = 1, queue = 1): Buffer => {
     const r = fe.call([request(op, parts, { nodeid })], [16, 256 * 1024], queue);
     if (r === undefined || r.header.error !== 0) throw new Error(`${op} on queue ${queue}: ${r === undefined ? 'no reply' : `error ${r.header.error}`}`);
