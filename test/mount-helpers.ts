@@ -273,3 +273,22 @@ export function subdirMaker(current: () => Server, prefix: string): () => Subdir
     return { rel, m: path.join(s.mnt, rel), h: path.join(s.shared, rel), r: path.join(s.ref, rel) };
   };
 }
+
+let twinCount = 0;
+
+/**
+ * A fresh subdirectory (mode 0755, then `setup` run on it as root) in both the share and
+ * the reference directory of `s`, for tests that compare the mount with a plain directory:
+ * m is the path through the mount, h the same on the host side, r the reference copy.
+ */
+export function twinDirs(s: Dirs, setup: (root: string) => void): { m: string; h: string; r: string } {
+  const rel = `p${twinCount++}`;
+  const h = path.join(s.shared, rel);
+  const r = path.join(s.ref, rel);
+  for (const root of [h, r]) {
+    fs.mkdirSync(root, { mode: 0o755 });
+    fs.chmodSync(root, 0o755);
+    setup(root);
+  }
+  return { m: path.join(s.mnt, rel), h, r };
+}

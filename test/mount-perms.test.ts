@@ -6,7 +6,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { useMount, pyJson, type Server } from './mount-helpers.js';
+import { useMount, pyJson, twinDirs, type Server } from './mount-helpers.js';
 
 const UID = 4242;
 const GID = 4343;
@@ -20,19 +20,8 @@ test.beforeEach(() => {
   s = server();
 });
 
-let n = 0;
 /** Run `setup` (as root) on a fresh subdir of the share and of the ref dir; return both paths. */
-function pair(setup: (root: string) => void): { m: string; h: string; r: string } {
-  const rel = `p${n++}`;
-  const h = path.join(s.shared, rel);
-  const r = path.join(s.ref, rel);
-  for (const root of [h, r]) {
-    fs.mkdirSync(root, { mode: 0o755 });
-    fs.chmodSync(root, 0o755);
-    setup(root);
-  }
-  return { m: path.join(s.mnt, rel), h, r };
-}
+const pair = (setup: (root: string) => void): { m: string; h: string; r: string } => twinDirs(s, setup);
 
 /** Owner and mode of every entry below root, for comparing host and ref trees. */
 function tree(root: string): Record<string, string> {

@@ -8,7 +8,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { useMount, pyJson, type Server } from './mount-helpers.js';
+import { useMount, pyJson, twinDirs, type Server } from './mount-helpers.js';
 
 const UID = 4242;
 const GID = 4343;
@@ -19,19 +19,11 @@ test.beforeEach(() => {
   s = server();
 });
 
-let n = 0;
-/** The same fresh subdir (made by `setup`, as root) in the share and in the ref dir. */
-function pair(setup: (root: string) => void): { m: string; h: string; r: string } {
-  const rel = `p${n++}`;
-  const h = path.join(s.shared, rel);
-  const r = path.join(s.ref, rel);
-  for (const root of [h, r]) {
-    fs.mkdirSync(root, { mode: 0o755 });
-    fs.chownSync(root, UID, GID);
-    setup(root);
-  }
-  return { m: path.join(s.mnt, rel), h, r };
-}
+/** The same fresh subdir, owned by the test user (then `setup`, as root), in the share and in the ref dir. */
+const pair = (setup: (root: string) => void): { m: string; h: string; r: string } => twinDirs(s, (root) => {
+  fs.chownSync(root, UID, GID);
+  setup(root);
+});
 
 function file(root: string, name: string, mode: number, content = 'old content'): void {
   const p = path.join(root, name);
